@@ -8,6 +8,7 @@ from reid_tf.data.registry import (  # noqa: F401
     COLUMNS,
     DatasetError,
     dataset_names,
+    dataset_protocol,
     load_dataset,
     register_dataset,
     validate_dataframe,

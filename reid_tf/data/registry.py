@@ -15,19 +15,34 @@ SPLITS = ("train", "query", "gallery")
 MODALITIES = ("visible", "infrared")
 
 _LOADERS = {}
+_PROTOCOLS = {}
+
+# Evaluation protocols a dataset can declare (see reid_tf.evaluation.protocols):
+#   "standard"  - Market-1501 semantics: same identity + same camera gallery items are removed;
+#   "vehicleid" - no camera filtering, random query/gallery trials (test sizes 800/1600/2400);
+#   "sysu_mm01" - camera-3 queries never see camera-2 gallery items, distinct-identity CMC,
+#                 10 random gallery trials;
+#   "regdb"     - standard CMC without camera filtering, 10 fixed trials.
+PROTOCOLS = ("standard", "vehicleid", "sysu_mm01", "regdb")
 
 
 class DatasetError(ValueError):
     """Raised for a dataset that is missing, laid out wrongly or holds unparsable files."""
 
 
-def register_dataset(name):
-    """Decorator registering ``loader(root_folder_path, **options)`` under ``name``."""
+def register_dataset(name, protocol="standard"):
+    """Decorator registering ``loader(root_folder_path, **options)`` under ``name``.
+
+    ``protocol`` names the evaluation protocol of the dataset (one of :data:`PROTOCOLS`).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown evaluation protocol {protocol!r}; expected one of {PROTOCOLS}.")
 
     def decorator(loader):
         if name in _LOADERS and _LOADERS[name] is not loader:
             raise ValueError(f"A dataset named {name!r} is already registered.")
         _LOADERS[name] = loader
+        _PROTOCOLS[name] = protocol
         return loader
 
     return decorator
@@ -46,6 +61,12 @@ def get_loader(dataset_name):
             f"Unknown dataset_name {dataset_name!r} (flag --dataset_name); "
             f"known datasets: {', '.join(dataset_names())}."
         ) from None
+
+
+def dataset_protocol(dataset_name):
+    """The evaluation protocol registered for ``dataset_name``."""
+    get_loader(dataset_name)
+    return _PROTOCOLS[dataset_name]
 
 
 def load_dataset(dataset_name, root_folder_path, **options):

@@ -1,0 +1,185 @@
+"""Reading PyTorch checkpoints and assigning their tensors to Keras variables, with a report.
+
+The assignment is strict in one way and lenient in another, like the reference loaders:
+a checkpoint tensor whose name is unknown or whose shape does not fit is skipped (and listed),
+but no Keras variable may be assigned twice, and every Keras variable left at its initial value
+is listed in the report.
+"""
+import collections
+import os
+
+import numpy as np
+
+TORCH_INSTALL_HINT = (
+    "Reading PyTorch checkpoints needs torch (CPU is enough). Install it with "
+    "`pip install -e .[torch]` or `pip install torch --index-url "
+    "https://download.pytorch.org/whl/cpu`."
+)
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be read or converted."""
+
+
+def _to_numpy(value):
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach"):  # torch.Tensor
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _unwrap(checkpoint, state_dict_key, file_path):
+    if not isinstance(checkpoint, collections.abc.Mapping):
+        raise ConversionError(f"{file_path}: expected a dict of tensors, got {type(checkpoint)}.")
+    if state_dict_key not in (None, "auto"):
+        if state_dict_key not in checkpoint:
+            raise ConversionError(
+                f"{file_path}: no entry {state_dict_key!r} in the checkpoint "
+                f"(top-level keys: {sorted(checkpoint)[:20]}).")
+        return checkpoint[state_dict_key]
+    for key in ("state_dict", "model", "model_state_dict"):
+        value = checkpoint.get(key)
+        if isinstance(value, collections.abc.Mapping):
+            return value
+    return checkpoint
+
+
+def load_state_dict(file_path, state_dict_key="auto", strip_prefixes=("module.",)):
+    """Read a checkpoint into an ordered ``{name: numpy array}``.
+
+    ``.pth``/``.pth.tar``/``.pt`` files are read with torch (CPU, ``weights_only`` when
+    possible); ``.npz`` files with numpy. A state dict wrapped under ``state_dict`` or ``model``
+    (or the key given by ``state_dict_key``, e.g. ``"ema"``) is unwrapped, and a leading
+    ``module.`` (DataParallel) is stripped from every name. Non-tensor entries are dropped.
+    """
+    file_path = os.path.expanduser(str(file_path))
+    if not os.path.isfile(file_path):
+        raise ConversionError(f"Checkpoint file not found: {file_path} (flag --source_file_path).")
+    if file_path.endswith(".npz"):
+        with np.load(file_path, allow_pickle=False) as archive:
+            checkpoint = {name: archive[name] for name in archive.files}
+    else:
+        try:
+            import torch
+        except ImportError:
+            raise ConversionError(f"Cannot read {file_path}: {TORCH_INSTALL_HINT}") from None
+        try:
+            checkpoint = torch.load(file_path, map_location="cpu", weights_only=True)
+        except Exception:  # older checkpoints pickle argparse namespaces etc.
+            try:
+                checkpoint = torch.load(file_path, map_location="cpu", weights_only=False)
+            except Exception as error:
+                raise ConversionError(f"Cannot read checkpoint {file_path}: {error}") from error
+    state_dict = _unwrap(checkpoint, state_dict_key, file_path)
+    result = collections.OrderedDict()
+    for name, value in state_dict.items():
+        if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+            continue
+        for prefix in strip_prefixes:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        result[name] = _to_numpy(value)
+    return result
+
+
+def conv_kernel(weight):
+    """PyTorch conv weight ``(O, I, kh, kw)`` -> Keras ``(kh, kw, I, O)``."""
+    return np.transpose(weight, (2, 3, 1, 0))
+
+
+def depthwise_kernel(weight):
+    """PyTorch depthwise weight ``(C, 1, kh, kw)`` -> Keras ``DepthwiseConv2D`` ``(kh, kw, C, 1)``."""
+    return np.transpose(weight, (2, 3, 0, 1))
+
+
+def linear_kernel(weight):
+    """PyTorch linear weight ``(out, in)`` -> Keras ``Dense`` kernel ``(in, out)``."""
+    return np.transpose(weight, (1, 0))
+
+
+ConversionReport = collections.namedtuple(
+    "ConversionReport", ["assigned", "skipped", "unused", "unassigned"])
+ConversionReport.__doc__ = """Outcome of a conversion.
+
+assigned: list of (keras variable name, checkpoint key);
+skipped: list of (checkpoint key, reason) for tensors whose target exists but does not fit;
+unused: checkpoint keys never used;
+unassigned: Keras variable names left at their initial value.
+"""
+
+
+class WeightAssigner:
+    """Assigns checkpoint tensors to the variables of a Keras model and keeps the books."""
+
+    def __init__(self, model, state_dict):
+        self.model = model
+        self.state_dict = state_dict
+        self._variables = {variable.name: variable for variable in model.weights}
+        self._assigned = collections.OrderedDict()  # keras name -> checkpoint key
+        self._used = set()
+        self._skipped = []
+
+    def variable(self, keras_name):
+        """The model variable called ``keras_name`` (e.g. ``"cells_0/conv1a/kernel:0"``)."""
+        try:
+            return self._variables[keras_name]
+        except KeyError:
+            raise ConversionError(f"The Keras model has no variable {keras_name!r}.") from None
+
+    def assign(self, keras_name, checkpoint_key, transform=None):
+        """Copy ``state_dict[checkpoint_key]`` (optionally transformed) into ``keras_name``.
+
+        Returns True when assigned; False when the key is missing or the shape does not fit
+        (the tensor is then recorded as skipped, like the reference's name-and-shape loader).
+        """
+        if checkpoint_key not in self.state_dict:
+            return False
+        variable = self.variable(keras_name)
+        if keras_name in self._assigned:
+            raise ConversionError(
+                f"Keras variable {keras_name} would be assigned twice (from "
+                f"{self._assigned[keras_name]} and {checkpoint_key}).")
+        value = self.state_dict[checkpoint_key]
+        if transform is not None:
+            value = transform(value)
+        if tuple(value.shape) != tuple(variable.shape):
+            self._skipped.append((checkpoint_key, f"shape {tuple(self.state_dict[checkpoint_key].shape)}"
+                                  f" does not fit {keras_name} {tuple(variable.shape)}"))
+            self._used.add(checkpoint_key)
+            return False
+        variable.assign(value.astype(variable.dtype.as_numpy_dtype))
+        self._assigned[keras_name] = checkpoint_key
+        self._used.add(checkpoint_key)
+        return True
+
+    def mark_used(self, checkpoint_key):
+        """Record a checkpoint tensor as deliberately ignored (e.g. BN batch counters)."""
+        self._used.add(checkpoint_key)
+
+    def report(self):
+        unused = [key for key in self.state_dict if key not in self._used]
+        unassigned = [name for name in self._variables if name not in self._assigned]
+        return ConversionReport(list(self._assigned.items()), list(self._skipped), unused,
+                                unassigned)
+
+
+def print_report(report, stream=None):
+    """Human-readable summary of a :class:`ConversionReport`."""
+    import sys
+    stream = stream or sys.stdout
+    print(f"Assigned {len(report.assigned)} Keras variables.", file=stream)
+    if report.skipped:
+        print(f"Skipped {len(report.skipped)} checkpoint tensors (name or shape mismatch):",
+              file=stream)
+        for key, reason in report.skipped:
+            print(f"  {key}: {reason}", file=stream)
+    if report.unused:
+        print(f"{len(report.unused)} checkpoint tensors not used:", file=stream)
+        for key in report.unused:
+            print(f"  {key}", file=stream)
+    if report.unassigned:
+        print(f"{len(report.unassigned)} Keras variables left at their initial value:",
+              file=stream)
+        for name in report.unassigned:
+            print(f"  {name}", file=stream)
