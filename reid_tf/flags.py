@@ -1,0 +1,241 @@
+"""absl flags of ``solution.py`` (and the ones ``python -m nas.search`` shares with it).
+
+Every flag of the reference FlipReID keeps its name, type and default (flipreid.md §2.1); the
+flags after them serve MSINet, CM-NAS and the new features. Values are validated in
+:func:`validate_flags`, which names the flag of every bad value.
+"""
+import os
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+REFERENCE_ROOT_FOLDER = os.path.expanduser("~/Documents/Local Storage/Dataset")
+
+BACKBONES = ("resnet50", "ibn_resnet50", "resnesta50", "msinet", "cmnas_resnet50")
+POOLING_MODES = ("Average", "Max", "GeM")
+AUGMENTATION_RECIPES = ("flipreid", "msinet", "cmnas", "none")
+SAMPLER_POLICIES = ("flipreid", "msinet")
+SAM_MODES = ("none", "pos", "neg", "pos_neg")
+DISTANCE_METRICS = ("cosine", "euclidean", "sqeuclidean")
+EXPORT_FORMATS = ("h5", "savedmodel", "onnx")
+MIXED_PRECISION = ("", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def _define_once(definer, name, *args, **kwargs):
+    if name not in FLAGS:
+        definer(name, *args, **kwargs)
+
+
+def define_data_flags():
+    """Dataset and batch flags shared by ``solution.py`` and ``nas.search``."""
+    _define_once(flags.DEFINE_string, "root_folder_path", REFERENCE_ROOT_FOLDER,
+                 "Folder that contains the dataset folders.")
+    _define_once(flags.DEFINE_string, "dataset_name", "Market1501",
+                 "Dataset name (reid_tf.data.dataset_names(): Market1501, DukeMTMC_reID, MSMT17, "
+                 "VeRi776, VehicleID, SYSU_MM01, RegDB, custom, Synthetic, Synthetic_Target, "
+                 "Synthetic_SYSU, Synthetic_RegDB).")
+    _define_once(flags.DEFINE_integer, "image_width", 128, "Input width W.")
+    _define_once(flags.DEFINE_integer, "image_height", 384, "Input height H.")
+    _define_once(flags.DEFINE_integer, "identity_num_per_batch", 16, "P, identities per batch.")
+    _define_once(flags.DEFINE_integer, "image_num_per_identity", 4,
+                 "K, images per identity in a batch (per modality for visible-infrared data).")
+    _define_once(flags.DEFINE_integer, "steps_per_epoch", 200,
+                 "Batches per epoch; 0 lets the sampler define the epoch (one pass, MSINet).")
+    _define_once(flags.DEFINE_integer, "epoch_num", 1000000,
+                 "Epochs of the main training phase (also used by the schedule).")
+    _define_once(flags.DEFINE_string, "output_folder_path",
+                 os.path.abspath(os.path.join(os.getcwd(), "output")),
+                 "Parent of the run's output folder <dataset_name>_<backbone_model_name>.")
+    _define_once(flags.DEFINE_integer, "workers", 5,
+                 "Parallel image decoding/augmentation calls of the tf.data pipeline.")
+    _define_once(flags.DEFINE_integer, "seed", 0, "Seed of sampling, augmentation and init.")
+    _define_once(flags.DEFINE_bool, "deterministic", False,
+                 "Enable TensorFlow's deterministic ops (bitwise reproducible resume).")
+    _define_once(flags.DEFINE_bool, "cache_images", False,
+                 "Keep decoded, resized training images in memory (small datasets).")
+    _define_once(flags.DEFINE_string, "strategy", "default",
+                 f"tf.distribute strategy: {', '.join(STRATEGIES)}.")
+    _define_once(flags.DEFINE_string, "mixed_precision", "",
+                 "Keras mixed-precision policy: '' (float32), mixed_bfloat16 (CPUs with bf16 "
+                 "units), mixed_float16 (GPUs).")
+    _define_once(flags.DEFINE_bool, "jit_compile", False,
+                 "XLA-compile the training step (helps on GPUs; ~10x slower on CPU).")
+
+
+def define_flags():
+    """Define every flag of ``solution.py``."""
+    define_data_flags()
+    # ---- the reference FlipReID flags (flipreid.md §2.1), same names, types and defaults
+    flags.DEFINE_string("backbone_model_name", "resnet50",
+                        f"Backbone: {', '.join(BACKBONES)}.")
+    flags.DEFINE_integer("freeze_backbone_for_N_epochs", 20,
+                         "If > 0, train this many epochs with the backbone frozen first.")
+    flags.DEFINE_integer("region_num", 2, "Horizontal stripes of the regional branch (0: none).")
+    flags.DEFINE_float("kernel_regularization_factor", 0.0005, "L2 factor on kernels.")
+    flags.DEFINE_float("bias_regularization_factor", 0.0005, "L2 factor on biases.")
+    flags.DEFINE_float("gamma_regularization_factor", 0.0005, "L2 factor on BN gamma.")
+    flags.DEFINE_float("beta_regularization_factor", 0.0005, "L2 factor on BN beta.")
+    flags.DEFINE_string("pooling_mode", "GeM", f"Global pooling: {', '.join(POOLING_MODES)}.")
+    flags.DEFINE_float("min_value", 0.0, "Lower clip bound of every embedding.")
+    flags.DEFINE_float("max_value", 1.0, "Upper clip bound of every embedding.")
+    flags.DEFINE_float("testing_size", 1.0,
+                       "0: no evaluation; 1: full test set; (0,1): fraction of test identities; "
+                       ">1: number of test identities.")
+    flags.DEFINE_integer("evaluate_testing_every_N_epochs", 10,
+                         "Evaluate when (epoch+1) % N == 0 or at the last epoch.")
+    flags.DEFINE_string("learning_rate_mode", "default",
+                        "constant, linear, cosine, warmup, default or warmup_multistep.")
+    flags.DEFINE_float("learning_rate_start", 2e-4, "Start rate (constant/linear/cosine/warmup).")
+    flags.DEFINE_float("learning_rate_end", 2e-4, "End rate (constant/linear/cosine/warmup).")
+    flags.DEFINE_float("learning_rate_base", 2e-4,
+                       "Plateau rate of the default and warmup_multistep modes.")
+    flags.DEFINE_integer("learning_rate_warmup_epochs", 10, "Warm-up length in epochs.")
+    flags.DEFINE_integer("learning_rate_steady_epochs", 30,
+                         "Length of each constant step after warm-up (default mode).")
+    flags.DEFINE_float("learning_rate_drop_factor", 10,
+                       "Divisor at every step of the default mode; 0 derives it.")
+    flags.DEFINE_float("learning_rate_lower_bound", 2e-6, "Floor of the learning rate.")
+    flags.DEFINE_float("patch_replacement_probability", 0.8,
+                       "Probability of random grayscale patch replacement.")
+    flags.DEFINE_float("random_erasing_probability", 0.8, "Probability of random erasing.")
+    flags.DEFINE_bool("use_data_augmentation_in_training", True,
+                      "Augment training batches.")
+    flags.DEFINE_bool("use_horizontal_flipping_inside_model", False,
+                      "FlipReID structure: mirror inside the training model, average the "
+                      "embeddings and add the flipping loss.")
+    flags.DEFINE_bool("use_horizontal_flipping_in_evaluation", False,
+                      "Average the features of each test image and of its mirror.")
+    flags.DEFINE_bool("use_re_ranking", False, "k-reciprocal re-ranking at evaluation.")
+    flags.DEFINE_bool("evaluation_only", False, "Skip training; evaluate the model once.")
+    flags.DEFINE_bool("save_data_to_disk", False,
+                      "Write test.npz with features, identities and cameras at each evaluation.")
+    flags.DEFINE_string("pretrained_model_file_path", "",
+                        ".h5 weights loaded into the training model (or the inference model).")
+    # ---- new in reid-tf
+    flags.DEFINE_string("backbone_weights_file_path", "",
+                        "Local ImageNet weights for the backbone (tf2cv .tf2.h5 for the "
+                        "FlipReID backbones; torchvision/tf2cv ResNet-50 for cmnas_resnet50). "
+                        "Nothing is downloaded; empty: random initialisation.")
+    flags.DEFINE_string("genotype_file_path", "configs/genotypes/msmt.json",
+                        "MSINet genotype (JSON list of 12 operation names).")
+    flags.DEFINE_string("cmnas_config_file_path", "configs/cmnas/all_share.cfg",
+                        "CM-NAS BN config: one line of 53 values, 0 split / 1 share.")
+    flags.DEFINE_string("target_dataset_name", "",
+                        "Second dataset evaluated after training (cross-domain).")
+    flags.DEFINE_string("target_root_folder_path", "",
+                        "Root folder of the target dataset (default: --root_folder_path).")
+    flags.DEFINE_string("sam_mode", "none", f"MSINet SAM loss: {', '.join(SAM_MODES)}.")
+    flags.DEFINE_float("sam_ratio", 2.0, "Weight of the spatial alignment loss.")
+    flags.DEFINE_string("optimizer_name", "adam",
+                        "adam (Keras, FlipReID), sgd (PyTorch momentum form) or torch_adam.")
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+    flags.DEFINE_float("weight_decay", 0.0,
+                       "Coupled L2 weight decay added to the gradients (sgd, torch_adam).")
+    flags.DEFINE_float("adam_beta_1", 0.9, "Adam beta 1.")
+    flags.DEFINE_float("adam_beta_2", 0.999, "Adam beta 2.")
+    flags.DEFINE_float("adam_epsilon", -1.0,
+                       "Adam epsilon; negative: 1e-7 for adam, 1e-8 for torch_adam.")
+    flags.DEFINE_string("learning_rate_milestones", "",
+                        "Comma-separated epochs where warmup_multistep multiplies by the gamma.")
+    flags.DEFINE_float("learning_rate_warmup_factor", 0.01,
+                       "Starting factor of the warmup_multistep warm-up.")
+    flags.DEFINE_float("learning_rate_gamma", 0.1, "Factor at each milestone.")
+    flags.DEFINE_float("backbone_learning_rate_multiplier", 1.0,
+                       "Backbone learning rate relative to the heads (CM-NAS: 0.1).")
+    flags.DEFINE_float("triplet_margin", -1.0,
+                       "Batch-hard triplet margin; negative: soft margin (FlipReID).")
+    flags.DEFINE_bool("triplet_feature_normalization", False,
+                      "L2-normalise features inside the triplet loss (MSINet).")
+    flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy.")
+    flags.DEFINE_float("sp_loss_weight", 5.0, "CM-NAS SP loss weight (visible-infrared).")
+    flags.DEFINE_float("cmmd_loss_weight", 0.05, "CM-NAS CMMD loss weight (visible-infrared).")
+    flags.DEFINE_string("augmentation_recipe", "flipreid",
+                        f"Training augmentation: {', '.join(AUGMENTATION_RECIPES)}.")
+    flags.DEFINE_bool("color_jitter", False,
+                      "Colour jitter in the msinet recipe (cross-domain runs).")
+    flags.DEFINE_string("sampler_policy", "flipreid",
+                        f"PK sampler: {', '.join(SAMPLER_POLICIES)}.")
+    flags.DEFINE_float("ema_decay", 0.0, "Weight EMA decay (CM-NAS 0.997/0.968); 0: off.")
+    flags.DEFINE_integer("ema_reset_every_N_epochs", 0,
+                         "Copy the EMA shadow into the live weights every N epochs.")
+    flags.DEFINE_bool("evaluate_before_training", False,
+                      "Also evaluate the untrained model (printed next to the trained one).")
+    flags.DEFINE_bool("overwrite_output_folder", False,
+                      "Delete the run's output folder first instead of resuming from it.")
+    flags.DEFINE_string("distance_metric", "cosine",
+                        f"Evaluation distance: {', '.join(DISTANCE_METRICS)}.")
+    flags.DEFINE_bool("feature_normalization", False,
+                      "L2-normalise test features before the distance.")
+    flags.DEFINE_integer("test_batch_size", 0, "Test batch size; 0: P*K.")
+    flags.DEFINE_string("sysu_search_mode", "all", "SYSU-MM01 gallery: all or indoor.")
+    flags.DEFINE_integer("sysu_shot", 1, "SYSU-MM01 gallery images per identity and camera.")
+    flags.DEFINE_integer("evaluation_trial_num", 10,
+                         "Random gallery trials averaged (SYSU-MM01, VehicleID).")
+    flags.DEFINE_integer("regdb_trial_index", 1, "RegDB trial (1..10).")
+    flags.DEFINE_integer("vehicleid_test_size", 2400, "VehicleID test size (800/1600/2400).")
+    flags.DEFINE_string("export_formats", "h5",
+                        f"Comma-separated inference-model exports: {', '.join(EXPORT_FORMATS)}.")
+
+
+def _check(condition, message):
+    if not condition:
+        raise flags.ValidationError(message)
+
+
+def validate_flags(values):
+    """Check flag values; raise ``flags.ValidationError`` naming the flag."""
+    _check(values.backbone_model_name in BACKBONES,
+           f"--backbone_model_name={values.backbone_model_name!r}: expected one of "
+           f"{', '.join(BACKBONES)}.")
+    _check(values.pooling_mode in POOLING_MODES,
+           f"--pooling_mode={values.pooling_mode!r}: expected one of {', '.join(POOLING_MODES)}.")
+    _check(values.image_height > 0 and values.image_width > 0,
+           "--image_height and --image_width must be positive.")
+    _check(values.identity_num_per_batch >= 2,
+           f"--identity_num_per_batch={values.identity_num_per_batch}: need at least 2 "
+           "identities per batch (the triplet loss needs negatives).")
+    _check(values.image_num_per_identity >= 1,
+           f"--image_num_per_identity={values.image_num_per_identity}: must be >= 1.")
+    _check(values.steps_per_epoch >= 0, "--steps_per_epoch must be >= 0.")
+    _check(values.epoch_num >= 0, "--epoch_num must be >= 0.")
+    _check(values.freeze_backbone_for_N_epochs >= 0, "--freeze_backbone_for_N_epochs must be >= 0.")
+    _check(values.region_num >= 0, "--region_num must be >= 0.")
+    _check(values.min_value <= values.max_value,
+           f"--min_value={values.min_value} must not exceed --max_value={values.max_value}.")
+    _check(values.testing_size >= 0, f"--testing_size={values.testing_size} must be >= 0.")
+    _check(not (values.evaluation_only and values.testing_size != 1),
+           "--evaluation_only needs --testing_size 1.0 (the full test set).")
+    for name in ("patch_replacement_probability", "random_erasing_probability"):
+        value = getattr(values, name)
+        _check(0.0 <= value <= 1.0, f"--{name}={value}: must be in [0, 1].")
+    _check(values.augmentation_recipe in AUGMENTATION_RECIPES,
+           f"--augmentation_recipe={values.augmentation_recipe!r}: expected one of "
+           f"{', '.join(AUGMENTATION_RECIPES)}.")
+    _check(values.sampler_policy in SAMPLER_POLICIES,
+           f"--sampler_policy={values.sampler_policy!r}: expected one of "
+           f"{', '.join(SAMPLER_POLICIES)}.")
+    _check(values.sam_mode in SAM_MODES,
+           f"--sam_mode={values.sam_mode!r}: expected one of {', '.join(SAM_MODES)}.")
+    _check(values.distance_metric in DISTANCE_METRICS,
+           f"--distance_metric={values.distance_metric!r}: expected one of "
+           f"{', '.join(DISTANCE_METRICS)}.")
+    _check(0.0 <= values.ema_decay < 1.0, f"--ema_decay={values.ema_decay}: must be in [0, 1).")
+    _check(0.0 <= values.label_smoothing < 1.0,
+           f"--label_smoothing={values.label_smoothing}: must be in [0, 1).")
+    _check(values.sysu_search_mode in ("all", "indoor"),
+           f"--sysu_search_mode={values.sysu_search_mode!r}: expected all or indoor.")
+    _check(values.vehicleid_test_size in (800, 1600, 2400),
+           f"--vehicleid_test_size={values.vehicleid_test_size}: expected 800, 1600 or 2400.")
+    _check(1 <= values.regdb_trial_index <= 10,
+           f"--regdb_trial_index={values.regdb_trial_index}: expected 1..10.")
+    formats = [part for part in values.export_formats.split(",") if part]
+    unknown = [part for part in formats if part not in EXPORT_FORMATS]
+    _check(not unknown, f"--export_formats: unknown {unknown}; expected {', '.join(EXPORT_FORMATS)}.")
+    _check(values.mixed_precision in MIXED_PRECISION,
+           f"--mixed_precision={values.mixed_precision!r}: expected '', mixed_bfloat16 or "
+           "mixed_float16.")
+    _check(values.strategy in STRATEGIES,
+           f"--strategy={values.strategy!r}: expected one of {', '.join(STRATEGIES)}.")
+    _check(values.workers >= 1, f"--workers={values.workers}: must be >= 1.")

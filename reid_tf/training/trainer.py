@@ -1,0 +1,344 @@
+"""The one training loop of reid-tf: a custom loop with ``tf.GradientTape`` inside
+``tf.function``, shared by FlipReID, MSINet and CM-NAS (and reused by the search).
+
+What a model family provides:
+
+* ``models`` — a :class:`reid_tf.models.base.ReIDModels` (training/inference models, the
+  backbone layer-name prefixes that ``freeze_backbone_for_N_epochs`` freezes, explicit L2
+  penalties);
+* ``objective(outputs, labels) -> {"total": ..., <part>: ...}`` — the loss, traced once;
+* ``data`` — the training input (:class:`reid_tf.training.data.TrainingInput`): one
+  ``tf.data`` dataset per epoch and a resumable sampler state.
+
+The trainer owns the rest: phases (frozen backbone, then everything), optimiser groups
+(``backbone_learning_rate_multiplier``), the per-epoch learning-rate schedule, optional weight
+EMA, evaluation every N epochs, the progress bar, TensorBoard scalars, a CSV history, the
+resumable checkpoint (weights, optimisers, EMA, sampler state, position) and the stop on a
+non-finite loss.
+"""
+import collections
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training step produced a NaN or infinite loss."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    name: str
+    epochs: int
+    freeze_backbone: bool
+
+
+def training_phases(epoch_num, freeze_backbone_for_N_epochs=0):
+    """FlipReID's phases: ``training_A`` with the backbone frozen (if N > 0), then ``training_B``.
+
+    Each phase counts its epochs from 0, so the learning-rate schedule restarts (with its
+    warm-up) when the backbone is unfrozen, as in the reference (flipreid.md §6.6).
+    """
+    phases = []
+    if freeze_backbone_for_N_epochs > 0:
+        phases.append(Phase("training_A", freeze_backbone_for_N_epochs, True))
+    if epoch_num > 0:
+        phases.append(Phase("training_B", epoch_num, False))
+    return phases
+
+
+def iterate_layers(model):
+    """Every layer inside ``model``, nested models included (depth first, each once)."""
+    seen = set()
+    stack = list(reversed(model.layers))
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer
+        children = getattr(layer, "layers", None)
+        if children:
+            stack.extend(reversed(children))
+
+
+def set_backbone_trainable(model, prefixes, trainable):
+    """Set ``trainable`` on every layer (and nested model) whose name starts with a prefix."""
+    prefixes = tuple(prefixes)
+    touched = 0
+    for layer in iterate_layers(model):
+        if prefixes and layer.name.startswith(prefixes):
+            layer.trainable = trainable
+            touched += 1
+    return touched
+
+
+def backbone_variable_ids(model, prefixes):
+    """ids of the variables that belong to layers named with one of ``prefixes``."""
+    prefixes = tuple(prefixes)
+    ids = set()
+    if not prefixes:
+        return ids
+    for layer in iterate_layers(model):
+        if layer.name.startswith(prefixes):
+            ids.update(id(variable) for variable in layer.weights)
+    return ids
+
+
+class Trainer:
+    """Custom training loop; see the module docstring."""
+
+    def __init__(self, *, models, objective, data, schedule, optimizer_factory, output_folder,
+                 epoch_num, freeze_backbone_for_N_epochs=0, evaluate_every_N_epochs=10,
+                 evaluate=None, backbone_learning_rate_multiplier=1.0, ema=None,
+                 ema_reset_every_N_epochs=0, training_inputs=None, verbose=1,
+                 checkpoint_max_to_keep=2, jit_compile=False, after_epoch=None):
+        self.models = models
+        self.training_model = models.training_model
+        self.objective = objective
+        self.data = data
+        self.schedule = schedule
+        self.output_folder = output_folder
+        self.epoch_num = epoch_num
+        self.phases = training_phases(epoch_num, freeze_backbone_for_N_epochs)
+        self.evaluate_every_N_epochs = evaluate_every_N_epochs
+        self.evaluate_fn = evaluate
+        self.ema = ema
+        self.ema_reset_every_N_epochs = ema_reset_every_N_epochs
+        self.training_inputs = training_inputs or (lambda images: images)
+        self.verbose = verbose
+        self.jit_compile = jit_compile
+        self.after_epoch = after_epoch
+        self.last_evaluation = None
+        os.makedirs(output_folder, exist_ok=True)
+
+        # Optimiser groups: the backbone may train at a multiple of the head learning rate
+        # (CM-NAS: 0.1). Each group has its own optimiser so Adam's moments stay per group.
+        all_variables = self.training_model.trainable_variables
+        multiplier = float(backbone_learning_rate_multiplier)
+        backbone_ids = (backbone_variable_ids(self.training_model, models.backbone_prefixes)
+                        if multiplier != 1.0 else set())
+        groups = [("backbone", multiplier, [v for v in all_variables if id(v) in backbone_ids]),
+                  ("head", 1.0, [v for v in all_variables if id(v) not in backbone_ids])]
+        self.groups = []
+        for name, group_multiplier, variables in groups:
+            if not variables:
+                continue
+            optimizer = optimizer_factory(name)
+            # Build on every variable up front: the frozen phase then trains a subset and the
+            # optimiser state carries over when the backbone is unfrozen (as in TF 2.2).
+            optimizer.build(variables)
+            self.groups.append((name, group_multiplier, optimizer, {id(v) for v in variables}))
+
+        self.regularization = list(models.regularization or ())
+        self._position = tf.Variable([0, 0], dtype=tf.int64, trainable=False, name="position")
+        self._data_state = tf.Variable("", dtype=tf.string, trainable=False, name="data_state")
+        checkpoint_objects = {"model": self.training_model, "position": self._position,
+                              "data_state": self._data_state}
+        for name, _, optimizer, _ in self.groups:
+            checkpoint_objects[f"optimizer_{name}"] = optimizer
+        if ema is not None:
+            checkpoint_objects["ema"] = ema
+        self.checkpoint = tf.train.Checkpoint(**checkpoint_objects)
+        self.checkpoint_manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(output_folder, "checkpoint"),
+            max_to_keep=checkpoint_max_to_keep)
+        self.history_path = os.path.join(output_folder, "history.csv")
+        self.summary_writer = tf.summary.create_file_writer(os.path.join(output_folder, "tensorboard"))
+
+    # ------------------------------------------------------------------ steps
+    def _regularization_loss(self):
+        total = 0.0
+        for variable, factor, _ in self.regularization:
+            total += factor * tf.reduce_sum(tf.square(tf.cast(variable, tf.float32)))
+        return total
+
+    def _make_train_step(self):
+        variables = self.training_model.trainable_variables
+        groups = []
+        for name, _, optimizer, ids in self.groups:
+            indices = [i for i, v in enumerate(variables) if id(v) in ids]
+            groups.append((optimizer, indices))
+
+        def step(images, labels):
+            with tf.GradientTape() as tape:
+                outputs = self.training_model(self.training_inputs(images), training=True)
+                losses = dict(self.objective(outputs, labels))
+                total = losses["total"]
+                if self.regularization:
+                    regularization = self._regularization_loss()
+                    losses["regularization"] = regularization
+                    total = total + regularization
+                losses["total"] = total
+            gradients = tape.gradient(total, variables)
+            for optimizer, indices in groups:
+                pairs = [(gradients[i], variables[i]) for i in indices if gradients[i] is not None]
+                if pairs:
+                    optimizer.apply_gradients(pairs)
+            if self.ema is not None:
+                self.ema.update()
+            return losses
+
+        return tf.function(step, jit_compile=self.jit_compile, reduce_retracing=True)
+
+    # ------------------------------------------------------------------ state
+    def _set_learning_rates(self, rate):
+        for _, multiplier, optimizer, _ in self.groups:
+            optimizer.learning_rate = rate * multiplier
+
+    def _save_checkpoint(self, phase_index, epoch_in_phase):
+        self._position.assign([phase_index, epoch_in_phase])
+        self._data_state.assign(self.data.get_state())
+        self.checkpoint_manager.save()
+
+    def restore(self):
+        """Restore the latest checkpoint if there is one; returns (phase_index, epoch)."""
+        latest = self.checkpoint_manager.latest_checkpoint
+        if latest is None:
+            return 0, 0
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        state = self._data_state.numpy().decode()
+        if state:
+            self.data.set_state(state)
+        phase_index, epoch = (int(value) for value in self._position.numpy())
+        return phase_index, epoch
+
+    # ------------------------------------------------------------------ logging
+    def _append_history(self, row):
+        exists = os.path.exists(self.history_path)
+        fieldnames = list(row)
+        if exists:
+            with open(self.history_path, newline="") as handle:
+                reader = csv.reader(handle)
+                header = next(reader, None) or []
+            if header and set(fieldnames) - set(header):
+                # A new column (e.g. evaluation metrics): rewrite with the union of columns.
+                with open(self.history_path, newline="") as handle:
+                    rows = list(csv.DictReader(handle))
+                fieldnames = header + [name for name in fieldnames if name not in header]
+                with open(self.history_path, "w", newline="") as handle:
+                    writer = csv.DictWriter(handle, fieldnames=fieldnames)
+                    writer.writeheader()
+                    writer.writerows(rows)
+            else:
+                fieldnames = header or fieldnames
+        with open(self.history_path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fieldnames, restval="")
+            if not exists:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def _write_summaries(self, scalars, step):
+        with self.summary_writer.as_default():
+            for name, value in scalars.items():
+                if isinstance(value, (int, float, np.floating, np.integer)):
+                    tf.summary.scalar(name, float(value), step=step)
+        self.summary_writer.flush()
+
+    def _say(self, text):
+        if self.verbose:
+            print(text, flush=True)
+
+    # ------------------------------------------------------------------ main loop
+    def should_evaluate(self, epoch_in_phase):
+        n = self.evaluate_every_N_epochs
+        if self.evaluate_fn is None or n <= 0:
+            return False
+        return (epoch_in_phase + 1) % n == 0 or epoch_in_phase + 1 == self.epoch_num
+
+    def evaluate(self, tag):
+        if self.evaluate_fn is None:
+            return None
+        result = self.evaluate_fn(self.models.inference_model, tag)
+        self.last_evaluation = result
+        return result
+
+    def fit(self):
+        """Train through every phase, resuming from the latest checkpoint if present.
+
+        Returns the list of per-epoch history rows written during this call.
+        """
+        start_phase, start_epoch = self.restore()
+        if (start_phase, start_epoch) != (0, 0):
+            self._say(f"Resuming from checkpoint: phase {start_phase}, epoch {start_epoch}.")
+        rows = []
+        global_epoch = sum(phase.epochs for phase in self.phases[:start_phase]) + start_epoch
+        for phase_index in range(start_phase, len(self.phases)):
+            phase = self.phases[phase_index]
+            first_epoch = start_epoch if phase_index == start_phase else 0
+            if first_epoch >= phase.epochs:
+                continue
+            set_backbone_trainable(self.training_model, self.models.backbone_prefixes,
+                                   not phase.freeze_backbone)
+            train_step = self._make_train_step()
+            trainable = self.training_model.trainable_variables
+            self._say(f"Phase {phase.name}: {phase.epochs} epochs, "
+                      f"{len(trainable)} trainable variables "
+                      f"({sum(int(np.prod(v.shape)) for v in trainable):,} parameters).")
+            for epoch in range(first_epoch, phase.epochs):
+                row = self._run_epoch(train_step, phase, phase_index, epoch, global_epoch)
+                rows.append(row)
+                global_epoch += 1
+            set_backbone_trainable(self.training_model, self.models.backbone_prefixes, True)
+        return rows
+
+    def _run_epoch(self, train_step, phase, phase_index, epoch, global_epoch):
+        rate = self.schedule(epoch)
+        self._set_learning_rates(rate)
+        dataset = self.data.epoch_dataset(global_epoch)
+        steps = self.data.steps_per_epoch
+        progbar = keras.utils.Progbar(steps, verbose=(1 if sys.stdout.isatty() else 2)
+                                      if self.verbose else 0,
+                                      stateful_metrics=None)
+        if self.verbose:
+            print(f"{phase.name} epoch {epoch + 1}/{phase.epochs} (learning rate {rate:.6g})",
+                  flush=True)
+        sums = collections.defaultdict(float)
+        count = 0
+        started = time.time()
+        images_seen = 0
+        for images, labels in dataset:
+            losses = train_step(images, labels)
+            values = {name: float(value) for name, value in losses.items()}
+            step_number = int(self.groups[-1][2].iterations.numpy())
+            if not math.isfinite(values["total"]):
+                raise NonFiniteLossError(
+                    f"Non-finite loss ({values['total']}) at training step {step_number} "
+                    f"({phase.name} epoch {epoch + 1}, step {count + 1}); stopping. The last good "
+                    f"checkpoint in {self.checkpoint_manager.directory} is kept.")
+            for name, value in values.items():
+                sums[name] += value
+            count += 1
+            images_seen += int(images.shape[0])
+            progbar.update(count, [(name, value) for name, value in values.items()])
+        elapsed = time.time() - started
+        row = {"phase": phase.name, "epoch": epoch + 1, "global_epoch": global_epoch + 1,
+               "learning_rate": rate, "steps": count,
+               "images_per_second": images_seen / elapsed if elapsed > 0 else 0.0}
+        row.update({f"loss_{name}" if name != "total" else "loss": value / max(count, 1)
+                    for name, value in sums.items()})
+        if self.after_epoch is not None:
+            self.after_epoch(self, phase, epoch)
+        if self.should_evaluate(epoch):
+            metrics = self.evaluate(f"{phase.name}_epoch{epoch + 1}")
+            if metrics:
+                row.update({key: value for key, value in metrics.items()
+                            if isinstance(value, (int, float))})
+        reset = (self.ema is not None and self.ema_reset_every_N_epochs > 0
+                 and (epoch + 1) % self.ema_reset_every_N_epochs == 0)
+        # CM-NAS pulls the live weights back to the EMA shadow after evaluating; the
+        # checkpoint then holds what training continues from (and the shadow itself).
+        if reset:
+            self.ema.copy_shadow_to_model()
+        self._save_checkpoint(phase_index, epoch + 1)
+        self._append_history(row)
+        self._write_summaries(row, global_epoch + 1)
+        return row
