@@ -1,0 +1,108 @@
+"""Reading image files for training and evaluation (flipreid.md §4.4).
+
+Every image is read with OpenCV in colour (BGR, greyscale files are expanded to three channels),
+resized with ``cv2.resize`` to ``(width, height)`` using OpenCV's default bilinear interpolation,
+and converted BGR→RGB. The result is a ``uint8`` array of shape ``(height, width, 3)``; the aspect
+ratio is not preserved.
+
+A file that is missing, unreadable or not a decodable image raises :class:`ImageReadError`, whose
+message names the file. The tf.data pipelines (:mod:`reid_tf.data.pipeline`) call this function
+inside ``tf.py_function``; TensorFlow copies the Python error text into the error it raises, so
+the path also appears in the message seen by the user.
+"""
+import os
+import threading
+
+import cv2
+import numpy as np
+
+from reid_tf.data.registry import DatasetError
+
+__all__ = ["ImageReadError", "ImageCache", "read_image", "check_image_size"]
+
+
+class ImageReadError(DatasetError):
+    """Raised when an image file is missing, unreadable or cannot be decoded."""
+
+
+def check_image_size(height, width):
+    """Return ``(height, width)`` as positive Python ints or raise a ``ValueError`` naming them."""
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"Image {name} must be a positive integer, got {value!r}.")
+    return int(height), int(width)
+
+
+def read_image(path, height, width):
+    """Read ``path`` as an RGB ``uint8`` array of shape ``(height, width, 3)``.
+
+    The file is decoded by ``cv2.imread(path, cv2.IMREAD_COLOR)`` (so greyscale and palette files
+    become three identical channels and EXIF orientation is applied as OpenCV does), resized with
+    ``cv2.resize(image, (width, height))`` (bilinear) and converted from BGR to RGB.
+
+    Raises:
+        ImageReadError: the file does not exist, is a folder, cannot be opened, or OpenCV cannot
+            decode it; the message contains the path.
+        ValueError: ``height`` or ``width`` is not a positive integer.
+    """
+    height, width = check_image_size(height, width)
+    if isinstance(path, bytes):
+        path = path.decode("utf-8")
+    path = str(os.fspath(path))
+    if not os.path.exists(path):
+        raise ImageReadError(f"Cannot read image file {path!r}: the file does not exist.")
+    if os.path.isdir(path):
+        raise ImageReadError(f"Cannot read image file {path!r}: it is a folder, not a file.")
+    if not os.access(path, os.R_OK):
+        raise ImageReadError(f"Cannot read image file {path!r}: permission denied.")
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise ImageReadError(
+            f"Cannot read image file {path!r}: OpenCV could not decode it (the file is corrupt, "
+            f"empty or not in an image format OpenCV reads)."
+        )
+    if image.shape[0] != height or image.shape[1] != width:
+        image = cv2.resize(image, (width, height))
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(image, dtype=np.uint8)
+
+
+class ImageCache:
+    """A thread-safe in-memory cache of decoded, resized ``uint8`` images.
+
+    Keys are ``(path, height, width)``; values are the arrays returned by :func:`read_image`
+    (marked read-only, so a transform that writes in place fails loudly instead of corrupting the
+    cache). Use it for small datasets so that later epochs only augment: every image costs
+    ``height * width * 3`` bytes (96 KiB at 256 × 128). The cache does not notice files that
+    change on disk; call :meth:`clear` after rewriting images.
+    """
+
+    def __init__(self):
+        self._images = {}
+        self._lock = threading.Lock()
+
+    def get(self, path, height, width):
+        """The image of ``path`` at ``(height, width)``, read with :func:`read_image` on a miss."""
+        if isinstance(path, bytes):
+            path = path.decode("utf-8")
+        key = (str(os.fspath(path)), int(height), int(width))
+        image = self._images.get(key)
+        if image is None:
+            image = read_image(key[0], height, width)
+            image.setflags(write=False)
+            with self._lock:
+                image = self._images.setdefault(key, image)
+        return image
+
+    def clear(self):
+        """Forget every cached image."""
+        with self._lock:
+            self._images.clear()
+
+    def __len__(self):
+        return len(self._images)
+
+    @property
+    def nbytes(self):
+        """Total size in bytes of the cached arrays."""
+        return sum(image.nbytes for image in list(self._images.values()))
