@@ -79,7 +79,8 @@ def list_jpg_files(dataset_name, folder):
     a warning, since they are probably images that were meant to be read.
     """
     if not os.path.isdir(folder):
-        raise DatasetError(f"{dataset_name}: the folder {folder} does not exist (flag {ROOT_FLAG}).")
+        raise DatasetError(
+            f"{dataset_name}: the folder {folder} does not exist (flag {ROOT_FLAG}).")
     jpg_names, other_images = [], []
     with os.scandir(folder) as entries:
         for entry in entries:

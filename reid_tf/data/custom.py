@@ -68,8 +68,9 @@ def _read_header(reader, csv_path):
     known = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS)
     unknown = [name for name in columns if name not in known]
     if unknown:
+        allowed = ", ".join(list(REQUIRED_COLUMNS) + list(OPTIONAL_COLUMNS))
         raise DatasetError(f"{DATASET_NAME}: {csv_path} line 1: unknown columns {unknown}; "
-                           f"allowed: {', '.join(list(REQUIRED_COLUMNS) + list(OPTIONAL_COLUMNS))}.")
+                           f"allowed: {allowed}.")
     duplicated = sorted({name for name in columns if columns.count(name) > 1})
     if duplicated:
         raise DatasetError(f"{DATASET_NAME}: {csv_path} line 1: duplicated columns {duplicated}.")
