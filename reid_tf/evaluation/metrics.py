@@ -1,0 +1,323 @@
+"""Ranking metrics for re-identification: CMC, mAP and mINP.
+
+Every function here takes a query × gallery **distance** matrix (smaller = more similar) and the
+identity/camera arrays of both sides, and is pure numpy.
+
+Ranking order
+-------------
+For every query the gallery is ranked by **ascending distance, ties broken by gallery index**
+(the lower index first). This is exactly ``np.argsort(row, kind="stable")``; the reference
+implementations use numpy's default (unstable) quicksort, whose tie order is unspecified, so the
+two agree whenever a row has no ties among the items that matter. The distance matrix is cast to
+float32 first (as the FlipReID reference does), so values that differ only beyond float32
+precision count as ties. ``-0.0`` and ``+0.0`` are equal; NaN distances are rejected.
+
+Implementation
+--------------
+No per-query Python loop: rows are processed in blocks. Each distance is turned into an
+order-preserving unsigned 32-bit key, shifted into the high half of a 64-bit word whose low half
+holds ``gallery_index << 2 | flags`` (bit 0: true match, bit 1: removed from the ranking). One
+``np.sort`` of these words per block (numpy's SIMD sort; the keys are unique, so any sort gives
+the stable order) yields, for every query, the ranked list of flags. Only the flagged entries
+(true matches and removed items, a few per row) are then looked at. Blocks are shared between
+``num_threads`` threads: numpy's sorting and element-wise kernels release the GIL.
+"""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ["cmc_map", "sysu_mm01_cmc_map"]
+
+_MATCH = np.uint32(1)
+_REMOVED = np.uint32(2)
+_SIGN = np.int32(np.iinfo(np.int32).min)
+_LOW_MASK = np.uint64(0xFFFFFFFF)
+# Order-preserving keys of +inf and -inf; keys outside this range are NaNs.
+_KEY_PLUS_INF = 0xFF800000
+_KEY_MINUS_INF = 0x00800000
+# Gallery indices share the low 32 bits with 2 flag bits.
+_MAX_GALLERY = 1 << 30
+# Target size (elements) of one block of rows.
+_BLOCK_ELEMENTS = 1 << 20
+
+
+def _default_threads():
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _as_vector(values, name, length=None, length_name=None):
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array, got shape {array.shape}.")
+    if length is not None and array.shape[0] != length:
+        raise ValueError(
+            f"{name} has {array.shape[0]} entries but the distance matrix has {length} "
+            f"{length_name}."
+        )
+    return array
+
+
+def _check_distmat(distmat):
+    distmat = np.asarray(distmat)
+    if distmat.ndim != 2:
+        raise ValueError(
+            f"distmat must be a 2-D (queries x gallery) matrix, got shape {distmat.shape}."
+        )
+    if distmat.shape[0] == 0 or distmat.shape[1] == 0:
+        raise ValueError(f"distmat is empty (shape {distmat.shape}): no queries or no gallery.")
+    if distmat.shape[1] >= _MAX_GALLERY:
+        raise ValueError(f"A gallery of {distmat.shape[1]} items is too large (limit 2**30).")
+    if not (np.issubdtype(distmat.dtype, np.floating) or np.issubdtype(distmat.dtype, np.integer)):
+        raise ValueError(f"distmat must hold real numbers, got dtype {distmat.dtype}.")
+    return distmat
+
+
+def _check_max_rank(max_rank):
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}.")
+    return int(max_rank)
+
+
+def _order_keys(block):
+    """Order-preserving uint32 keys of a float32 block (-0.0 and +0.0 get the same key)."""
+    signed = block.view(np.int32)
+    # Non-negative floats: bits + 2**31. Negative floats (bits = 2**31 + magnitude, i.e. the
+    # int32 value magnitude - 2**31): 2**31 - magnitude = -value; -0.0 wraps to 2**31 as well.
+    keys = np.where(signed < 0, np.negative(signed), np.bitwise_xor(signed, _SIGN))
+    return keys.view(np.uint32)
+
+
+def _sorted_words(block, low_words):
+    """Sort ``key << 32 | low_word`` along each row; returns the sorted uint64 words.
+
+    ``low_words`` (uint32, same shape as ``block``) hold ``gallery_index << 2 | flags``; since the
+    gallery index makes every word of a row unique, the order is ascending distance with ties
+    broken by gallery index whatever sort algorithm numpy uses.
+    """
+    block = np.ascontiguousarray(block, dtype=np.float32)
+    words = _order_keys(block).astype(np.uint64)
+    np.left_shift(words, np.uint64(32), out=words)
+    np.bitwise_or(words, low_words, out=words)
+    words.sort(axis=1)
+    high = words[:, [0, -1]] >> np.uint64(32)
+    if np.any(high[:, 1] > _KEY_PLUS_INF) or np.any(high[:, 0] < _KEY_MINUS_INF):
+        raise ValueError("distmat contains NaN values; distances must be real numbers.")
+    return words
+
+
+def _segment_cumsum(values, rows, starts):
+    """Inclusive cumulative sum of ``values`` restarted at every row (``rows`` sorted)."""
+    total = np.cumsum(values)
+    before_row = np.concatenate(([0], total))[starts]
+    return total - before_row[rows]
+
+
+def _match_ranks(flag_words, num_rows):
+    """Ranks of the valid true matches in each row of sorted flag words.
+
+    ``flag_words`` (num_rows x gallery) holds the two flag bits of every ranked gallery item.
+    Items with the removed bit are dropped from the ranked list; the valid matches are the items
+    with the match bit and without the removed bit. Returns, for every valid match in row-major
+    order: its query row, its 1-based rank in the remaining list and its 1-based index among the
+    valid matches of its row; plus per row the number of valid matches.
+    """
+    rows, cols = np.nonzero(flag_words)
+    flags = flag_words[rows, cols]
+    removed = ((flags & _REMOVED) != 0).astype(np.int64)
+    row_starts = np.searchsorted(rows, np.arange(num_rows))
+    # Removed items strictly before each flagged entry of the same row.
+    removed_before = _segment_cumsum(removed, rows, row_starts) - removed
+    valid = ((flags & _MATCH) != 0) & (removed == 0)
+    rows_v = rows[valid]
+    ranks = cols[valid] + 1 - removed_before[valid]
+    valid_starts = np.searchsorted(rows_v, np.arange(num_rows))
+    counts = _segment_cumsum(np.ones(rows_v.shape[0], dtype=np.int64), rows_v, valid_starts)
+    n_rel = np.bincount(rows_v, minlength=num_rows)
+    return rows_v, ranks, counts, n_rel, cols[valid]
+
+
+def _summarise(flag_words):
+    """Per-query AP, INP, rank of the first match (and its column in the full sorted row)."""
+    num_rows = flag_words.shape[0]
+    rows_v, ranks, counts, n_rel, cols_v = _match_ranks(flag_words, num_rows)
+    valid = n_rel > 0
+    precision_sum = np.bincount(rows_v, weights=counts / ranks, minlength=num_rows)
+    safe_n_rel = np.maximum(n_rel, 1)
+    average_precision = np.where(valid, precision_sum / safe_n_rel, 0.0)
+    first = counts == 1
+    first_rank = np.zeros(num_rows, dtype=np.int64)
+    first_rank[rows_v[first]] = ranks[first]
+    first_col = np.full(num_rows, -1, dtype=np.int64)
+    first_col[rows_v[first]] = cols_v[first]
+    last = counts == n_rel[rows_v]
+    last_rank = np.ones(num_rows, dtype=np.int64)
+    last_rank[rows_v[last]] = ranks[last]
+    inverse_negative_penalty = np.where(valid, n_rel / last_rank, 0.0)
+    return {
+        "valid": valid,
+        "ap": average_precision,
+        "inp": inverse_negative_penalty,
+        "first_rank": first_rank,
+        "first_col": first_col,
+    }
+
+
+def _row_blocks(num_rows, num_columns):
+    step = max(1, _BLOCK_ELEMENTS // max(num_columns, 1))
+    return [(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
+
+
+def _map_blocks(function, blocks, num_threads):
+    if num_threads is None:
+        num_threads = _default_threads()
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) \
+            or num_threads < 1:
+        raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}.")
+    if num_threads == 1 or len(blocks) == 1:
+        return [function(start, stop) for start, stop in blocks]
+    with ThreadPoolExecutor(max_workers=int(num_threads)) as executor:
+        return list(executor.map(lambda bounds: function(*bounds), blocks))
+
+
+def _merge(parts):
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+def _aggregate(per_query, ranks, max_rank, what):
+    valid = per_query["valid"]
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        raise ValueError(
+            f"{what}: no query has a true match left in the gallery (after the camera rules), "
+            "so CMC/mAP are undefined. Check that query and gallery identities overlap."
+        )
+    histogram = np.bincount(np.minimum(ranks[valid], max_rank + 1) - 1, minlength=max_rank + 1)
+    cmc = np.cumsum(histogram[:max_rank]) / num_valid
+    return {
+        "cmc": cmc.astype(np.float64),
+        "mAP": float(per_query["ap"][valid].sum() / num_valid),
+        "mINP": float(per_query["inp"][valid].sum() / num_valid),
+        "num_valid_queries": num_valid,
+    }
+
+
+def _prepare(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, need_cameras):
+    distmat = _check_distmat(distmat)
+    num_query, num_gallery = distmat.shape
+    q_pids = _as_vector(q_pids, "q_pids", num_query, "rows (queries)")
+    g_pids = _as_vector(g_pids, "g_pids", num_gallery, "columns (gallery items)")
+    if need_cameras:
+        if q_camids is None or g_camids is None:
+            raise ValueError("q_camids and g_camids are required by the camera rule.")
+        q_camids = _as_vector(q_camids, "q_camids", num_query, "rows (queries)")
+        g_camids = _as_vector(g_camids, "g_camids", num_gallery, "columns (gallery items)")
+    max_rank = min(_check_max_rank(max_rank), num_gallery)
+    return distmat, q_pids, g_pids, q_camids, g_camids, max_rank
+
+
+def cmc_map(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, remove_same_camera=True,
+            num_threads=None):
+    """CMC curve, mAP and mINP with Market-1501 semantics.
+
+    For every query the gallery is ranked by ascending distance (float32; ties broken by gallery
+    index, i.e. a stable sort). With ``remove_same_camera`` every gallery item with the same
+    identity AND the same camera as the query is removed from its list (items of other
+    identities from that camera stay). A query with no true match left is skipped: it is not
+    counted in any denominator. For a valid query with true matches at 1-based ranks
+    ``r_1 < ... < r_R`` of the remaining list:
+
+    * ``CMC_q[k] = 1`` if ``r_1 <= k + 1`` else 0 (cumulative matches clipped at 1);
+    * ``AP_q = (1/R) * sum_k k / r_k``;
+    * ``INP_q = R / r_R`` (mINP, Ye et al. 2021).
+
+    Args:
+      distmat: (Q, G) distances, smaller = more similar. Cast to float32; NaN is an error.
+      q_pids, g_pids: identities of the Q queries and G gallery items (any comparable dtype).
+      q_camids, g_camids: cameras; may be None when ``remove_same_camera`` is False.
+      max_rank: length of the CMC curve, capped at G (the rank beyond the list is 1 for every
+        valid query, so the trailing entries of a short filtered list are 1).
+      remove_same_camera: apply the same-identity-same-camera rule (False for VehicleID/RegDB).
+      num_threads: threads sharing the row blocks (default ``min(2, cpu_count)``).
+
+    Returns:
+      dict with ``cmc`` (float64 array of length ``min(max_rank, G)``, fractions), ``mAP`` and
+      ``mINP`` (floats in [0, 1]) and ``num_valid_queries`` (int).
+
+    Raises:
+      ValueError: for shapes that disagree, NaN distances, a bad ``max_rank``, or when no query
+        has a valid match.
+    """
+    distmat, q_pids, g_pids, q_camids, g_camids, max_rank = _prepare(
+        distmat, q_pids, g_pids, q_camids, g_camids, max_rank, bool(remove_same_camera))
+    num_query, num_gallery = distmat.shape
+    base = np.arange(num_gallery, dtype=np.uint32) << np.uint32(2)
+
+    def block_metrics(start, stop):
+        match = g_pids[np.newaxis, :] == q_pids[start:stop, np.newaxis]
+        low_words = base | match.view(np.uint8)
+        if remove_same_camera:
+            same_camera = g_camids[np.newaxis, :] == q_camids[start:stop, np.newaxis]
+            low_words |= (match & same_camera).view(np.uint8).astype(np.uint32) << np.uint32(1)
+        words = _sorted_words(distmat[start:stop], low_words)
+        flag_words = (words & np.uint64(3)).astype(np.uint8)
+        return _summarise(flag_words)
+
+    parts = _map_blocks(block_metrics, _row_blocks(num_query, num_gallery), num_threads)
+    per_query = _merge(parts)
+    return _aggregate(per_query, per_query["first_rank"], max_rank, "cmc_map")
+
+
+def sysu_mm01_cmc_map(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20,
+                      num_threads=None):
+    """SYSU-MM01 metrics (CM-NAS reference variant) from a query × gallery distance matrix.
+
+    * Camera rule: for a query from camera 3 every gallery item from camera 2 is removed from
+      its ranked list, whatever its identity (cameras 2 and 3 share a scene). Nothing else is
+      removed (queries from camera 6 keep the whole gallery).
+    * CMC over **distinct identities**: the remaining ranked identity list is reduced to its
+      distinct identities in first-occurrence order; ``CMC_q[k] = 1`` if the query identity is
+      among the first ``k + 1`` of them.
+    * mAP and mINP: standard AP / INP (see :func:`cmc_map`) over the remaining, non-deduplicated
+      ranked list.
+    * Queries without a true match in the remaining list are skipped.
+
+    Ranking: ascending distance, ties broken by gallery index (pass negated similarities to
+    rank by descending similarity). Arguments and return value as in :func:`cmc_map`
+    (``max_rank`` default 20, capped at the gallery size).
+    """
+    distmat, q_pids, g_pids, q_camids, g_camids, max_rank = _prepare(
+        distmat, q_pids, g_pids, q_camids, g_camids, max_rank, True)
+    num_query, num_gallery = distmat.shape
+    base = np.arange(num_gallery, dtype=np.uint32) << np.uint32(2)
+    _, g_codes = np.unique(g_pids, return_inverse=True)
+    g_codes = g_codes.reshape(-1).astype(np.int64)
+    sentinel = int(g_codes.max()) + 1
+    gallery_camera_2 = g_camids == 2
+
+    def block_metrics(start, stop):
+        num_rows = stop - start
+        match = g_pids[np.newaxis, :] == q_pids[start:stop, np.newaxis]
+        excluded = (q_camids[start:stop, np.newaxis] == 3) & gallery_camera_2[np.newaxis, :]
+        low_words = base | match.view(np.uint8)
+        low_words |= excluded.view(np.uint8).astype(np.uint32) << np.uint32(1)
+        words = _sorted_words(distmat[start:stop], low_words)
+        low = words & _LOW_MASK
+        flag_words = (low & np.uint64(3)).astype(np.uint8)
+        summary = _summarise(flag_words)
+        # Distinct-identity rank: identities (not excluded) whose first occurrence in the
+        # ranked list is at or before the first valid true match.
+        codes = g_codes[(low >> np.uint64(2)).astype(np.intp)]
+        codes[(flag_words & _REMOVED) != 0] = sentinel
+        row_offsets = np.arange(num_rows, dtype=np.int64)[:, np.newaxis] * (sentinel + 1)
+        composite, first_flat = np.unique(codes + row_offsets, return_index=True)
+        first_rows = first_flat // num_gallery
+        first_cols = first_flat % num_gallery
+        keep = (composite % (sentinel + 1) != sentinel) & \
+            (first_cols <= summary["first_col"][first_rows])
+        summary["distinct_rank"] = np.bincount(first_rows[keep], minlength=num_rows)
+        return summary
+
+    parts = _map_blocks(block_metrics, _row_blocks(num_query, num_gallery), num_threads)
+    per_query = _merge(parts)
+    return _aggregate(per_query, per_query["distinct_rank"], max_rank, "sysu_mm01_cmc_map")

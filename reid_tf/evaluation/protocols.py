@@ -1,0 +1,302 @@
+"""Evaluation protocols: features (already extracted) in, averaged metrics out.
+
+One function per protocol name of :data:`reid_tf.data.registry.PROTOCOLS`:
+
+=============  ================================================================================
+``standard``   :func:`evaluate_standard` — Market-1501 semantics (FlipReID §7.5, MSINet §10).
+``vehicleid``  :func:`evaluate_vehicleid` — no camera removal, averaged over query/gallery
+               trials (MSINet §10, §12).
+``sysu_mm01``  :func:`evaluate_sysu_mm01` — CM-NAS §9.2: camera-3 queries never see camera-2
+               gallery items, distinct-identity CMC, averaged over gallery trials.
+``regdb``      :func:`evaluate_regdb` — CM-NAS §9.3: image-level CMC, no camera removal, one
+               trial per call; :func:`average_results` averages trials.
+=============  ================================================================================
+
+Every result is a dict with ``rank1``, ``rank5``, ``rank10``, ``rank20``, ``mAP`` and ``mINP``
+(fractions in [0, 1]), ``cmc`` (float64 array) and ``num_valid_queries``; averaged results add
+``num_trials`` and ``per_trial`` (the list of single-trial dicts). Rankings are by ascending
+distance with ties broken by gallery index (see :mod:`reid_tf.evaluation.metrics`). ``rank20``
+is exact even when ``max_rank`` < 20 or the gallery is smaller than 20 (the CMC of a valid
+query is 1 beyond the length of its list). mINP is not computed by the references (CM-NAS §9.4):
+it is reported separately and is not comparable with their numbers.
+"""
+import random
+
+import numpy as np
+
+from reid_tf.evaluation import reranking as _reranking
+from reid_tf.evaluation.distance import l2_normalize, pairwise_distance
+from reid_tf.evaluation.metrics import cmc_map, sysu_mm01_cmc_map
+
+__all__ = [
+    "RANKS",
+    "PROTOCOL_FUNCTIONS",
+    "average_results",
+    "evaluate_regdb",
+    "evaluate_standard",
+    "evaluate_sysu_mm01",
+    "evaluate_vehicleid",
+    "sysu_mm01_gallery_trials",
+    "vehicleid_trials",
+]
+
+RANKS = (1, 5, 10, 20)
+SYSU_MM01_GALLERY_CAMERAS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
+
+
+def _with_ranks(result, max_rank):
+    """Add ``rank<k>`` keys from a CMC computed at least ``max(RANKS)`` deep; cut ``cmc``."""
+    cmc = result["cmc"]
+    for rank in RANKS:
+        result[f"rank{rank}"] = float(cmc[min(rank, cmc.shape[0]) - 1])
+    result["cmc"] = cmc[:max_rank]
+    return result
+
+
+def _depth(max_rank):
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}.")
+    return max(int(max_rank), max(RANKS))
+
+
+def _index_array(indices, name, size):
+    indices = np.asarray(indices)
+    if indices.ndim != 1 or indices.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D list of row positions.")
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer row positions, got dtype {indices.dtype}.")
+    if indices.min() < 0 or indices.max() >= size:
+        raise ValueError(
+            f"{name} holds positions outside [0, {size}) (found {int(indices.min())}.."
+            f"{int(indices.max())})."
+        )
+    return indices
+
+
+def _check_rows(features, labels, what):
+    features = np.asarray(features)
+    if features.ndim != 2:
+        raise ValueError(f"{what} features must be a 2-D array, got shape {features.shape}.")
+    for name, values in labels.items():
+        values = np.asarray(values)
+        if values.shape != (features.shape[0],):
+            raise ValueError(
+                f"{what}: {name} has shape {values.shape} but there are {features.shape[0]} "
+                "feature rows."
+            )
+    return features
+
+
+def average_results(results):
+    """Mean of single-trial result dicts (scalars and CMC curves).
+
+    CMC curves of different lengths (galleries smaller than ``max_rank``) are extended with
+    their last value, which is 1 at the gallery size. Returns the keys of a single result plus
+    ``num_trials`` and ``per_trial``.
+    """
+    results = list(results)
+    if not results:
+        raise ValueError("average_results needs at least one trial result.")
+    length = max(result["cmc"].shape[0] for result in results)
+    curves = [np.pad(result["cmc"], (0, length - result["cmc"].shape[0]), mode="edge")
+              for result in results]
+    averaged = {"cmc": np.mean(curves, axis=0)}
+    for key in [f"rank{rank}" for rank in RANKS] + ["mAP", "mINP", "num_valid_queries"]:
+        averaged[key] = float(np.mean([result[key] for result in results]))
+    averaged["num_trials"] = len(results)
+    averaged["per_trial"] = results
+    return averaged
+
+
+def evaluate_standard(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric="cosine",
+                      normalize=False, re_ranking=False, max_rank=50, remove_same_camera=True,
+                      k1=20, k2=6, lambda_value=0.3):
+    """Market-1501 protocol (Market-1501, DukeMTMC-reID, MSMT17, VeRi-776).
+
+    Distances: :func:`~reid_tf.evaluation.distance.pairwise_distance` with ``metric`` and
+    ``normalize`` (FlipReID: ``"cosine"``, no normalisation; MSINet: ``"sqeuclidean"`` with
+    ``normalize=True``). With ``re_ranking``, k-reciprocal re-ranking (``k1, k2, lambda_value``)
+    of the query–gallery distances using the query–query and gallery–gallery distances of the
+    same metric. Metrics: :func:`~reid_tf.evaluation.metrics.cmc_map` with the
+    same-identity-same-camera removal (unless ``remove_same_camera=False``).
+    """
+    q_feats = _check_rows(q_feats, {"q_pids": q_pids, "q_cams": q_cams}, "query")
+    g_feats = _check_rows(g_feats, {"g_pids": g_pids, "g_cams": g_cams}, "gallery")
+    depth = _depth(max_rank)
+    distmat = pairwise_distance(q_feats, g_feats, metric=metric, normalize=normalize)
+    if re_ranking:
+        q_q = pairwise_distance(q_feats, q_feats, metric=metric, normalize=normalize)
+        g_g = pairwise_distance(g_feats, g_feats, metric=metric, normalize=normalize)
+        distmat = _reranking.re_ranking(distmat, q_q, g_g, k1=k1, k2=k2,
+                                        lambda_value=lambda_value)
+    result = cmc_map(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=depth,
+                     remove_same_camera=remove_same_camera)
+    return _with_ranks(result, max_rank)
+
+
+def vehicleid_trials(pids, num_trials=1, seed=0):
+    """Random VehicleID query/gallery splits as the MSINet reference builds them (§12).
+
+    For every trial, identities are visited in order of first appearance in ``pids``; Python's
+    ``random.choice`` (one ``random.Random(seed)`` shared by the trials in turn) picks one image
+    of the identity for the gallery, and its other images (in their order) go to the query set.
+    Trial 0 therefore reproduces the reference split (``random.seed(0)`` at program start).
+
+    Returns a list of ``(query_indices, gallery_indices)`` int64 array pairs.
+    """
+    pids = np.asarray(pids)
+    if pids.ndim != 1 or pids.size == 0:
+        raise ValueError("pids must be a non-empty 1-D array of identities.")
+    if isinstance(num_trials, bool) or not isinstance(num_trials, (int, np.integer)) \
+            or num_trials < 1:
+        raise ValueError(f"num_trials must be a positive integer, got {num_trials!r}.")
+    groups = {}
+    for position, pid in enumerate(pids.tolist()):
+        groups.setdefault(pid, []).append(position)
+    generator = random.Random(seed)
+    trials = []
+    for _ in range(num_trials):
+        query, gallery = [], []
+        for members in groups.values():
+            members = list(members)
+            chosen = generator.choice(members)
+            members.remove(chosen)
+            gallery.append(chosen)
+            query.extend(members)
+        trials.append((np.asarray(query, dtype=np.int64), np.asarray(gallery, dtype=np.int64)))
+    return trials
+
+
+def evaluate_vehicleid(features, pids, trials, metric="cosine", normalize=False, max_rank=50):
+    """VehicleID protocol: no camera removal, metrics averaged over query/gallery trials.
+
+    ``features``/``pids`` hold every test image; each trial is ``(query_indices,
+    gallery_indices)``, row positions into them (see :func:`vehicleid_trials`). Per trial:
+    :func:`~reid_tf.evaluation.metrics.cmc_map` with ``remove_same_camera=False`` (VehicleID
+    cameras are all 0) on :func:`~reid_tf.evaluation.distance.pairwise_distance` distances.
+    Features are L2-normalised once (if ``normalize``) and each trial's distances are computed
+    from them.
+    """
+    features = _check_rows(features, {"pids": pids}, "VehicleID")
+    pids = np.asarray(pids)
+    depth = _depth(max_rank)
+    trials = list(trials)
+    if not trials:
+        raise ValueError("evaluate_vehicleid needs at least one (query, gallery) trial.")
+    if normalize:
+        features = l2_normalize(features)
+    results = []
+    for number, trial in enumerate(trials):
+        if len(trial) != 2:
+            raise ValueError(f"trial {number} must be a (query_indices, gallery_indices) pair.")
+        query = _index_array(trial[0], f"trial {number} query_indices", features.shape[0])
+        gallery = _index_array(trial[1], f"trial {number} gallery_indices", features.shape[0])
+        distmat = pairwise_distance(features[query], features[gallery], metric=metric)
+        result = cmc_map(distmat, pids[query], pids[gallery], None, None, max_rank=depth,
+                         remove_same_camera=False)
+        results.append(_with_ranks(result, max_rank))
+    return average_results(results)
+
+
+def sysu_mm01_gallery_trials(pool_pids, pool_cams, pool_paths, mode="all", shot=1,
+                             trials=range(10)):
+    """SYSU-MM01 gallery draws of the CM-NAS reference (§9.2), as row positions into a pool.
+
+    The pool holds the visible test images (identity, camera, file path). For each trial ``t``:
+    Python's ``random`` is seeded with ``t``; for every identity in ascending order and every
+    gallery camera in order (``mode="all"``: 1, 2, 4, 5; ``"indoor"``: 1, 2) that has images,
+    ``random.sample`` draws ``shot`` images (1 single-shot, 10 multi-shot) without replacement
+    from the path-sorted list of that identity/camera (``sample(files, 1)`` picks the same image
+    as the reference's ``random.choice(files)``).
+    """
+    if mode not in SYSU_MM01_GALLERY_CAMERAS:
+        raise ValueError(f"Unknown SYSU-MM01 mode {mode!r}; expected 'all' or 'indoor'.")
+    pool_pids = np.asarray(pool_pids)
+    pool_cams = np.asarray(pool_cams)
+    pool_paths = np.asarray(pool_paths).astype(str)
+    if not (pool_pids.shape == pool_cams.shape == pool_paths.shape) or pool_pids.ndim != 1:
+        raise ValueError("pool_pids, pool_cams and pool_paths must be 1-D arrays of one length.")
+    folders = {}
+    for position in np.argsort(pool_paths, kind="stable"):
+        key = (int(pool_pids[position]), int(pool_cams[position]))
+        folders.setdefault(key, []).append(int(position))
+    cameras = SYSU_MM01_GALLERY_CAMERAS[mode]
+    result = []
+    for trial in trials:
+        generator = random.Random(trial)
+        chosen = []
+        for pid in sorted(set(pool_pids.tolist())):
+            for camera in cameras:
+                files = folders.get((int(pid), camera))
+                if not files:
+                    continue
+                if len(files) < shot:
+                    raise ValueError(
+                        f"SYSU-MM01 identity {pid} camera {camera} has {len(files)} gallery "
+                        f"images, fewer than shot={shot}."
+                    )
+                chosen.extend(generator.sample(files, shot))
+        result.append(np.asarray(chosen, dtype=np.int64))
+    return result
+
+
+def evaluate_sysu_mm01(query_features, query_pids, query_cams, pool_features, pool_pids,
+                       pool_cams, gallery_trials, max_rank=20):
+    """SYSU-MM01 protocol of CM-NAS (§9.1–9.2), averaged over gallery trials.
+
+    Query features (thermal, cameras 3 and 6) and the gallery pool features (visible) are
+    extracted once; ``gallery_trials`` is a list of arrays of row positions into the pool (see
+    :func:`sysu_mm01_gallery_trials`). Features are L2-normalised, similarity is the dot product
+    and the gallery is ranked by descending similarity (ascending negated similarity, ties by
+    gallery position). Per trial :func:`~reid_tf.evaluation.metrics.sysu_mm01_cmc_map`:
+    camera-3 queries lose every camera-2 gallery item, CMC over distinct identities in
+    first-occurrence order, mAP/mINP over the non-deduplicated list. Results are the mean over
+    trials.
+    """
+    query_features = _check_rows(query_features, {"query_pids": query_pids,
+                                                  "query_cams": query_cams}, "SYSU-MM01 query")
+    pool_features = _check_rows(pool_features, {"pool_pids": pool_pids,
+                                                "pool_cams": pool_cams}, "SYSU-MM01 pool")
+    pool_pids = np.asarray(pool_pids)
+    pool_cams = np.asarray(pool_cams)
+    depth = _depth(max_rank)
+    trials = list(gallery_trials)
+    if not trials:
+        raise ValueError("evaluate_sysu_mm01 needs at least one gallery trial.")
+    query_features = l2_normalize(query_features)
+    pool_features = l2_normalize(pool_features)
+    results = []
+    for number, trial in enumerate(trials):
+        gallery = _index_array(trial, f"gallery trial {number}", pool_features.shape[0])
+        distmat = pairwise_distance(query_features, pool_features[gallery], metric="neg_dot")
+        result = sysu_mm01_cmc_map(distmat, query_pids, pool_pids[gallery], query_cams,
+                                   pool_cams[gallery], max_rank=depth)
+        results.append(_with_ranks(result, max_rank))
+    return average_results(results)
+
+
+def evaluate_regdb(query_features, gallery_features, query_pids, gallery_pids, max_rank=20):
+    """RegDB protocol of CM-NAS (§9.3) for ONE trial.
+
+    Features are L2-normalised, similarity is the dot product (ranking by descending
+    similarity, ties by gallery index); metrics are the standard image-level CMC, mAP and mINP
+    with no camera exclusion (:func:`~reid_tf.evaluation.metrics.cmc_map` with
+    ``remove_same_camera=False``). Average the 10 trials with :func:`average_results`.
+    """
+    query_features = _check_rows(query_features, {"query_pids": query_pids}, "RegDB query")
+    gallery_features = _check_rows(gallery_features, {"gallery_pids": gallery_pids},
+                                   "RegDB gallery")
+    depth = _depth(max_rank)
+    distmat = pairwise_distance(query_features, gallery_features, metric="neg_dot",
+                                normalize=True)
+    result = cmc_map(distmat, query_pids, gallery_pids, None, None, max_rank=depth,
+                     remove_same_camera=False)
+    return _with_ranks(result, max_rank)
+
+
+PROTOCOL_FUNCTIONS = {
+    "standard": evaluate_standard,
+    "vehicleid": evaluate_vehicleid,
+    "sysu_mm01": evaluate_sysu_mm01,
+    "regdb": evaluate_regdb,
+}
