@@ -75,16 +75,22 @@ def make_label_map(train_dataframe):
             for label, identity in enumerate(identities)}
 
 
-def _labels_of(identities, label_map):
-    lookup = pd.Series(label_map, dtype="int64") if label_map else pd.Series(dtype="int64")
-    labels = lookup.reindex(identities)
-    if labels.isna().any():
-        unknown = sorted(set(pd.unique(np.asarray(identities)[labels.isna().to_numpy()])))
+def _label_lookup(dataframe, label_map):
+    """``pandas.Series`` identity → label, checked to cover every identity of ``dataframe``."""
+    if not isinstance(label_map, dict) or not label_map:
+        raise ValueError("label_map must be a non-empty dict raw identity -> label; build it "
+                         "with make_label_map(train_dataframe).")
+    lookup = pd.Series(label_map)
+    if lookup.dtype.kind not in "iu":
+        raise ValueError(f"label_map values must be integer labels, got dtype {lookup.dtype}.")
+    identities = pd.unique(dataframe["identity_ID"].to_numpy())
+    unknown = sorted(np.asarray(identities)[~pd.Index(identities).isin(lookup.index)].tolist())
+    if unknown:
         raise ValueError(
             f"label_map has no label for the identities {unknown[:10]}"
-            f"{' ...' if len(unknown) > 10 else ''}; build it with "
+            f"{' ...' if len(unknown) > 10 else ''} of the training table; build it with "
             f"make_label_map(train_dataframe) on the same training table.")
-    return labels.to_numpy().astype(np.int32)
+    return lookup
 
 
 def _nonnegative_int(name, value):
@@ -124,10 +130,11 @@ def training_epoch_elements(dataframe, sampler, label_map, epoch_index=0, start_
             f"The sampler yields row {int(rows.max())}, but the training table has "
             f"{len(dataframe)} rows; build the sampler on this table (row positions, e.g. "
             f"with from_dataframe).")
+    lookup = _label_lookup(dataframe, label_map)
     identities = dataframe["identity_ID"].to_numpy()[rows]
     return {
         "row": rows,
-        "label": _labels_of(identities, label_map),
+        "label": lookup.reindex(identities).to_numpy().astype(np.int32),
         "step": np.repeat(np.arange(start_step, start_step + num_steps, dtype=np.int64),
                           batch_size),
         "position": np.tile(np.arange(batch_size, dtype=np.int64), num_steps),
