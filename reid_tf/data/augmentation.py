@@ -34,6 +34,8 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from reid_tf.data.images import check_image_size
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -42,6 +44,8 @@ __all__ = [
     "RandomErasingUint8",
     "RandomGrayscalePatchReplacement",
     "RandomErasingNormalized",
+    "sample_rectangle_flipreid",
+    "sample_rectangle_inclusive",
     "build_augmentation",
     "element_random_state",
     "augment_image",
@@ -260,13 +264,12 @@ def build_augmentation(recipe, height, width, **options):
 
     Returns:
         ``albumentations.Compose`` mapping ``image=uint8 (H, W, 3)`` to a normalised ``float32``
-        ``(H, W, 3)`` image. Apply it with :func:`augment_image` or :class:`Augmenter` for
-        seeded, reproducible results.
+        ``(H, W, 3)`` image (its attributes ``reid_recipe`` and ``reid_image_size`` record the
+        recipe and size). Apply it with :func:`augment_image` or :class:`Augmenter` for seeded,
+        reproducible results.
     """
     if recipe not in _RECIPE_OPTIONS:
         raise ValueError(f"Unknown augmentation recipe {recipe!r}; expected one of {RECIPES}.")
-    from reid_tf.data.images import check_image_size
-
     height, width = check_image_size(height, width)
     unknown = sorted(set(options) - set(_RECIPE_OPTIONS[recipe]))
     if unknown:

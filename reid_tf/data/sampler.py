@@ -115,6 +115,13 @@ def _fingerprint(*arrays):
     return digest.hexdigest()[:16]
 
 
+def _epoch_value(epoch_index):
+    if isinstance(epoch_index, bool) or not isinstance(epoch_index, (int, np.integer)) \
+            or epoch_index < 0:
+        raise ValueError(f"epoch_index must be a non-negative integer, got {epoch_index!r}.")
+    return int(epoch_index)
+
+
 def _generator_from_state(state):
     generator = np.random.Generator(np.random.PCG64())
     generator.bit_generator.state = copy.deepcopy(state)
@@ -161,10 +168,7 @@ class _BatchStream:
         Deterministic: the same arguments and ``epoch_index`` always give the same batches,
         whatever was asked before.
         """
-        if isinstance(epoch_index, bool) or not isinstance(epoch_index, (int, np.integer)) \
-                or epoch_index < 0:
-            raise ValueError(f"epoch_index must be a non-negative integer, got {epoch_index!r}.")
-        epoch_index = int(epoch_index)
+        epoch_index = _epoch_value(epoch_index)
         known = max(index for index in self._epoch_starts if index <= epoch_index)
         position = self._epoch_starts[known]
         for index in range(known, epoch_index + 1):
@@ -201,17 +205,15 @@ class _BatchStream:
 
     def get_state(self, epoch_index):
         """JSON-serialisable state at the start of epoch ``epoch_index`` (see the module doc)."""
-        if isinstance(epoch_index, bool) or not isinstance(epoch_index, (int, np.integer)) \
-                or epoch_index < 0:
-            raise ValueError(f"epoch_index must be a non-negative integer, got {epoch_index!r}.")
+        epoch_index = _epoch_value(epoch_index)
         if epoch_index not in self._epoch_starts:
             self.epoch_batches(epoch_index - 1)
-        block_state, offset = self._epoch_starts[int(epoch_index)]
+        block_state, offset = self._epoch_starts[epoch_index]
         return {
             "version": _STATE_VERSION,
             "policy": self.policy,
             "config": self._config(),
-            "epoch_index": int(epoch_index),
+            "epoch_index": epoch_index,
             "block_generator_state": copy.deepcopy(block_state),
             "block_offset": int(offset),
         }
@@ -234,10 +236,13 @@ class _BatchStream:
                 f"The sampler state was saved with other sampler arguments or training rows "
                 f"(differing: {', '.join(differing)}); rebuild the sampler as in the saved run."
             )
-        epoch_index = int(state["epoch_index"])
+        epoch_index = _epoch_value(state.get("epoch_index"))
         generator_state = copy.deepcopy(state["block_generator_state"])
-        _generator_from_state(generator_state)  # validates the state
-        offset = int(state["block_offset"])
+        try:
+            _generator_from_state(generator_state)
+            offset = int(state["block_offset"])
+        except (TypeError, ValueError, KeyError) as error:
+            raise ValueError(f"Corrupt sampler state: {error}") from None
         self._epoch_starts = {index: value for index, value in self._epoch_starts.items()
                               if index < epoch_index or index == 0}
         self._epoch_starts[epoch_index] = (generator_state, offset)
