@@ -59,7 +59,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from reid_tf.data.registry import DatasetError, load_dataset, register_dataset
+from reid_tf.data.registry import DatasetError, get_loader, load_dataset, register_dataset
 from reid_tf.data import synthetic_render as render
 
 GENERATOR_VERSION = 1
@@ -566,20 +566,29 @@ def _split_options(dataset_name, options):
     return generation, protocol
 
 
+def _check_protocol_options(dataset_name, protocol):
+    """Reject, before generating anything, options that the real loader does not take."""
+    real_name = _DATASETS[dataset_name][1]
+    parameters = list(inspect.signature(get_loader(real_name)).parameters.values())[1:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    accepted = {p.name for p in parameters}
+    unknown = sorted(set(protocol) - accepted)
+    if unknown:
+        raise DatasetError(
+            f"{dataset_name}: unknown option(s) {unknown}. Generation options are "
+            f"{sorted(_option_names(_DATASETS[dataset_name][0]))} and cache_folder_path; "
+            f"the {real_name} loader takes {sorted(accepted) or 'no options'}."
+        )
+
+
 def _load(dataset_name, options):
     options = dict(options)
     cache_folder_path = options.pop("cache_folder_path", None)
     generation, protocol = _split_options(dataset_name, options)
+    _check_protocol_options(dataset_name, protocol)
     folder = prepare_synthetic_dataset(dataset_name, cache_folder_path, **generation)
-    real_name = _DATASETS[dataset_name][1]
-    try:
-        return load_dataset(real_name, folder, **protocol)
-    except TypeError as error:  # an option neither the generator nor the real loader knows
-        raise DatasetError(
-            f"{dataset_name}: bad option in {sorted(protocol)} ({error}); generation options "
-            f"are {sorted(_option_names(_DATASETS[dataset_name][0]))} and cache_folder_path, "
-            f"the others go to the {real_name} loader."
-        ) from error
+    return load_dataset(_DATASETS[dataset_name][1], folder, **protocol)
 
 
 @register_dataset("Synthetic", protocol="standard")
