@@ -149,6 +149,7 @@ class _BatchStream:
         # epoch index -> (state of the generator at the start of the block holding the epoch's
         # first batch, offset of that batch in the block)
         self._epoch_starts = {0: (_plain_state(initial), 0)}
+        self._last_epoch = None  # (epoch index, batches) of the latest call, reused once asked again
 
     # Subclasses implement _make_block(generator) -> non-empty list of batches and _config().
     def _make_block(self, generator):
@@ -166,15 +167,21 @@ class _BatchStream:
         """The batches of epoch ``epoch_index`` (0-based), as a list in training order.
 
         Deterministic: the same arguments and ``epoch_index`` always give the same batches,
-        whatever was asked before.
+        whatever was asked before. The index arrays are read-only.
         """
         epoch_index = _epoch_value(epoch_index)
+        if self._last_epoch is not None and self._last_epoch[0] == epoch_index:
+            return list(self._last_epoch[1])
         known = max(index for index in self._epoch_starts if index <= epoch_index)
         position = self._epoch_starts[known]
         for index in range(known, epoch_index + 1):
             batches, position = self._walk(position)
             self._epoch_starts[index + 1] = position
-        return batches
+        for batch in batches:  # shared with the cache: keep them immutable
+            for array in (batch if isinstance(batch, tuple) else (batch,)):
+                array.setflags(write=False)
+        self._last_epoch = (epoch_index, batches)
+        return list(batches)
 
     def num_batches(self, epoch_index):
         """Number of batches of epoch ``epoch_index``."""
@@ -246,6 +253,7 @@ class _BatchStream:
         self._epoch_starts = {index: value for index, value in self._epoch_starts.items()
                               if index < epoch_index or index == 0}
         self._epoch_starts[epoch_index] = (generator_state, offset)
+        self._last_epoch = None
 
 
 class PKSampler(_BatchStream):
