@@ -125,9 +125,10 @@ def training_epoch_elements(dataframe, sampler, label_map, epoch_index=0, start_
     batch_size = sampler.batch_size * (2 if cross_modality else 1)
     num_steps = len(rows)
     rows = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
-    if len(rows) and (rows.min() < 0 or rows.max() >= len(dataframe)):
+    out_of_range = rows[(rows < 0) | (rows >= len(dataframe))]
+    if len(out_of_range):
         raise ValueError(
-            f"The sampler yields row {int(rows.max())}, but the training table has "
+            f"The sampler yields row {int(out_of_range[0])}, but the training table has "
             f"{len(dataframe)} rows; build the sampler on this table (row positions, e.g. "
             f"with from_dataframe).")
     lookup = _label_lookup(dataframe, label_map)
