@@ -29,6 +29,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from reid_tf.models.base import iter_layers, set_trainable_by_prefix
+
 
 class NonFiniteLossError(RuntimeError):
     """Raised when a training step produced a NaN or infinite loss."""
@@ -55,39 +57,13 @@ def training_phases(epoch_num, freeze_backbone_for_N_epochs=0):
     return phases
 
 
-def iterate_layers(model):
-    """Every layer inside ``model``, nested models included (depth first, each once)."""
-    seen = set()
-    stack = list(reversed(model.layers))
-    while stack:
-        layer = stack.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        yield layer
-        children = getattr(layer, "layers", None)
-        if children:
-            stack.extend(reversed(children))
-
-
-def set_backbone_trainable(model, prefixes, trainable):
-    """Set ``trainable`` on every layer (and nested model) whose name starts with a prefix."""
-    prefixes = tuple(prefixes)
-    touched = 0
-    for layer in iterate_layers(model):
-        if prefixes and layer.name.startswith(prefixes):
-            layer.trainable = trainable
-            touched += 1
-    return touched
-
-
 def backbone_variable_ids(model, prefixes):
     """ids of the variables that belong to layers named with one of ``prefixes``."""
     prefixes = tuple(prefixes)
     ids = set()
     if not prefixes:
         return ids
-    for layer in iterate_layers(model):
+    for layer in iter_layers(model):
         if layer.name.startswith(prefixes):
             ids.update(id(variable) for variable in layer.weights)
     return ids
@@ -276,8 +252,13 @@ class Trainer:
             first_epoch = start_epoch if phase_index == start_phase else 0
             if first_epoch >= phase.epochs:
                 continue
-            set_backbone_trainable(self.training_model, self.models.backbone_prefixes,
-                                   not phase.freeze_backbone)
+            snapshot = None
+            if phase.freeze_backbone:
+                # Remember every layer's flag so unfreezing restores layers that are frozen
+                # by design (rather than making everything trainable).
+                snapshot = [(layer, layer.trainable) for layer in iter_layers(self.training_model)]
+                set_trainable_by_prefix(self.training_model, self.models.backbone_prefixes,
+                                        False)
             train_step = self._make_train_step()
             trainable = self.training_model.trainable_variables
             self._say(f"Phase {phase.name}: {phase.epochs} epochs, "
@@ -287,7 +268,9 @@ class Trainer:
                 row = self._run_epoch(train_step, phase, phase_index, epoch, global_epoch)
                 rows.append(row)
                 global_epoch += 1
-            set_backbone_trainable(self.training_model, self.models.backbone_prefixes, True)
+            if snapshot is not None:
+                for layer, trainable in snapshot:
+                    layer._trainable = trainable  # noqa: SLF001 (no propagation to children)
         return rows
 
     def _run_epoch(self, train_step, phase, phase_index, epoch, global_epoch):

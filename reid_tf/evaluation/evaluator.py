@@ -1,0 +1,225 @@
+"""Feature extraction and the evaluation of a model on a dataset's test protocol.
+
+This is the engine side of evaluation; the metrics themselves (pure numpy) live in
+:mod:`reid_tf.evaluation.metrics`, :mod:`~reid_tf.evaluation.distance` and
+:mod:`~reid_tf.evaluation.reranking`.
+
+* :class:`FeatureExtractor` runs an inference model over a DataFrame through the test
+  ``tf.data`` pipeline (DataFrame order kept), optionally averaging with the mirrored images
+  (flip test-time augmentation); models with a ``mode`` input (CM-NAS) get mode 1 for visible
+  and mode 2 for infrared rows.
+* :func:`evaluate` applies the dataset's protocol (``reid_tf.data.dataset_protocol``):
+  ``standard`` (Market-1501 rules), ``vehicleid`` (no camera filtering, random trials),
+  ``sysu_mm01`` (camera-3 queries never see camera-2 gallery images, distinct-identity CMC,
+  10 gallery trials) and ``regdb`` (both search directions).
+"""
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from reid_tf.evaluation.distance import pairwise_distance
+from reid_tf.evaluation.metrics import cmc_map, sysu_mm01_cmc_map
+from reid_tf.evaluation.reranking import re_ranking
+
+MODE_BY_MODALITY = {"visible": 1, "infrared": 2}
+
+
+class FeatureExtractor:
+    """Callable ``extractor(dataframe) -> (N, D) float32 features`` in DataFrame order."""
+
+    def __init__(self, inference_model, height, width, batch_size=64, flip=False,
+                 feature_index=None):
+        self.model = inference_model
+        self.height = height
+        self.width = width
+        self.batch_size = batch_size
+        self.flip = flip
+        self.feature_index = feature_index
+        self.uses_mode = len(inference_model.inputs) > 1
+        self._predict = tf.function(self._forward, reduce_retracing=True)
+
+    def _forward(self, images, mode):
+        inputs = [images, mode] if self.uses_mode else images
+        outputs = self.model(inputs, training=False)
+        if isinstance(outputs, (list, tuple)):
+            if self.feature_index is not None:
+                outputs = outputs[self.feature_index]
+            else:
+                outputs = tf.concat([tf.cast(output, tf.float32) for output in outputs], axis=-1)
+        return tf.cast(outputs, tf.float32)
+
+    def _run(self, dataframe, flip, mode):
+        from reid_tf.data.pipeline import make_test_dataset
+        dataset = make_test_dataset(dataframe, self.height, self.width, self.batch_size,
+                                    flip=flip)
+        mode = tf.constant(mode, tf.int32)
+        chunks = [self._predict(images, mode).numpy() for images in dataset]
+        if not chunks:
+            return np.zeros((0, 0), np.float32)
+        return np.concatenate(chunks, axis=0)
+
+    def _extract_group(self, dataframe, mode):
+        features = self._run(dataframe, False, mode)
+        if self.flip:
+            features = 0.5 * (features + self._run(dataframe, True, mode))
+        return features
+
+    def __call__(self, dataframe):
+        dataframe = dataframe.reset_index(drop=True)
+        if not self.uses_mode:
+            return self._extract_group(dataframe, 0)
+        parts, positions = [], []
+        for modality, mode in MODE_BY_MODALITY.items():
+            rows = np.flatnonzero(dataframe["modality"].to_numpy() == modality)
+            if len(rows):
+                parts.append(self._extract_group(dataframe.iloc[rows], mode))
+                positions.append(rows)
+        features = np.concatenate(parts, axis=0)
+        order = np.concatenate(positions)
+        result = np.empty_like(features)
+        result[order] = features
+        return result
+
+
+@dataclasses.dataclass
+class EvaluationOptions:
+    protocol: str = "standard"
+    metric: str = "cosine"
+    normalize: bool = False
+    use_re_ranking: bool = False
+    max_rank: int = 50
+    trial_num: int = 10
+    sysu_shot: int = 1
+    seed: int = 0
+
+
+def _summary(result, prefix=""):
+    cmc = np.asarray(result["cmc"], dtype=np.float64)
+    summary = {}
+    for rank in (1, 5, 10, 20):
+        if rank <= len(cmc):
+            summary[f"{prefix}rank{rank}"] = float(cmc[rank - 1])
+    summary[f"{prefix}mAP"] = float(result["mAP"])
+    summary[f"{prefix}mINP"] = float(result["mINP"])
+    return summary
+
+
+def _average(results):
+    length = min(len(result["cmc"]) for result in results)
+    return {"cmc": np.mean([np.asarray(r["cmc"][:length]) for r in results], axis=0),
+            "mAP": float(np.mean([r["mAP"] for r in results])),
+            "mINP": float(np.mean([r["mINP"] for r in results])),
+            "num_valid_queries": int(np.mean([r["num_valid_queries"] for r in results]))}
+
+
+def _distances(query, gallery, options):
+    distmat = pairwise_distance(query, gallery, metric=options.metric,
+                                normalize=options.normalize)
+    if options.use_re_ranking:
+        q_q = pairwise_distance(query, query, metric=options.metric, normalize=options.normalize)
+        g_g = pairwise_distance(gallery, gallery, metric=options.metric,
+                                normalize=options.normalize)
+        distmat = re_ranking(distmat, q_q, g_g)
+    return distmat
+
+
+def _arrays(dataframe):
+    return (dataframe["identity_ID"].to_numpy(), dataframe["camera_ID"].to_numpy(),
+            dataframe["image_file_path"].tolist())
+
+
+def evaluate_features(query_df, gallery_df, query_features, gallery_features, options,
+                      gallery_trials=None):
+    """Metrics of extracted features under ``options.protocol``.
+
+    ``gallery_trials`` (SYSU-MM01, VehicleID): list of gallery row-position arrays, one per
+    trial; the metrics are averaged over them. Returns ``(summary, details)`` where ``summary``
+    holds ``rank1/5/10/20``, ``mAP``, ``mINP`` (fractions) and ``details`` the CMC curve, the
+    distance matrix of the first trial and the arrays needed to draw a rank list.
+    """
+    q_pids, q_cams, q_paths = _arrays(query_df)
+    g_pids, g_cams, g_paths = _arrays(gallery_df)
+    protocol = options.protocol
+    remove_same_camera = protocol == "standard"
+    trials = gallery_trials if gallery_trials is not None else [np.arange(len(gallery_df))]
+    results, first = [], None
+    for trial in trials:
+        trial = np.asarray(trial, dtype=np.int64)
+        distmat = _distances(query_features, gallery_features[trial], options)
+        if protocol == "sysu_mm01":
+            result = sysu_mm01_cmc_map(distmat, q_pids, g_pids[trial], q_cams, g_cams[trial],
+                                       max_rank=min(options.max_rank, 20) if options.max_rank < 20
+                                       else 20)
+        else:
+            result = cmc_map(distmat, q_pids, g_pids[trial], q_cams, g_cams[trial],
+                             max_rank=options.max_rank, remove_same_camera=remove_same_camera)
+        results.append(result)
+        if first is None:
+            first = (trial, distmat)
+    averaged = _average(results) if len(results) > 1 else results[0]
+    summary = _summary(averaged)
+    summary["num_query"] = int(len(query_df))
+    summary["num_gallery"] = int(len(first[0]))
+    summary["num_trials"] = len(results)
+    if len(results) > 1:
+        summary["trials"] = [_summary(result) for result in results]
+    trial, distmat = first
+    details = {"cmc": np.asarray(averaged["cmc"]), "distmat": distmat,
+               "q_pids": q_pids, "g_pids": g_pids[trial], "q_cams": q_cams,
+               "g_cams": g_cams[trial], "q_paths": q_paths,
+               "g_paths": [g_paths[i] for i in trial],
+               "remove_same_camera": remove_same_camera}
+    return summary, details
+
+
+def select_test_subset(query_df, gallery_df, testing_size):
+    """FlipReID's ``testing_size`` subset (flipreid.md §4.3): a fraction in (0, 1) or a number
+    (> 1) of test identities drawn from query ∪ gallery with ``GroupShuffleSplit(random_state=0)``
+    and split back by origin. ``1`` keeps everything."""
+    if testing_size == 1:
+        return query_df, gallery_df
+    import pandas as pd
+    from sklearn.model_selection import GroupShuffleSplit
+    size = int(testing_size) if testing_size > 1 else float(testing_size)
+    combined = pd.concat([query_df, gallery_df], ignore_index=True)
+    splitter = GroupShuffleSplit(n_splits=1, test_size=size, random_state=0)
+    _, keep = next(splitter.split(np.arange(len(combined)), groups=combined["identity_ID"]))
+    keep = np.sort(keep)
+    number_of_queries = len(query_df)
+    query_rows = keep[keep < number_of_queries]
+    gallery_rows = keep[keep >= number_of_queries]
+    return (combined.iloc[query_rows].reset_index(drop=True),
+            combined.iloc[gallery_rows].reset_index(drop=True))
+
+
+def write_evaluation_outputs(summary, details, output_folder, tag=None, query_features=None,
+                             gallery_features=None, save_data_to_disk=False, draw=True):
+    """``evaluation.json`` (+ the CMC curve PNG, a rank-list PNG and, on request, ``test.npz``)."""
+    from reid_tf import visualization
+    os.makedirs(output_folder, exist_ok=True)
+    record = dict(summary)
+    if tag:
+        record["tag"] = tag
+    record["cmc"] = [float(value) for value in details["cmc"]]
+    with open(os.path.join(output_folder, "evaluation.json"), "w") as handle:
+        json.dump(record, handle, indent=2)
+    if draw:
+        visualization.plot_cmc_curve(details["cmc"], os.path.join(output_folder, "cmc_curve.png"),
+                                     title=f"CMC ({tag})" if tag else "CMC")
+        visualization.draw_rank_list(details["distmat"], details["q_paths"], details["g_paths"],
+                                     details["q_pids"], details["g_pids"], details["q_cams"],
+                                     details["g_cams"],
+                                     os.path.join(output_folder, "rank_list.png"),
+                                     remove_same_camera=details["remove_same_camera"])
+    if save_data_to_disk and query_features is not None:
+        np.savez(os.path.join(output_folder, "test.npz"),
+                 query_image_features_array=query_features,
+                 gallery_image_features_array=gallery_features,
+                 query_identity_ID_array=details["q_pids"],
+                 gallery_identity_ID_array=details["g_pids"],
+                 query_camera_ID_array=details["q_cams"],
+                 gallery_camera_ID_array=details["g_cams"])
+    return record

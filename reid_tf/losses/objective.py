@@ -1,0 +1,101 @@
+"""The training objective, assembled from flags, for every model family.
+
+The training model returns a dict (``reid_tf.models.flipping.build_training_model``):
+``embeddings`` (list), ``logits`` (list), and depending on the model ``embeddings_original`` /
+``embeddings_flipped`` (flip structure), ``bnneck`` (post-BNNeck features), ``sam_scores``.
+
+Terms (each reported separately, ``total`` is their sum):
+
+* ``triplet`` — batch-hard triplet on every embedding (soft margin for FlipReID, hard margin
+  with L2-normalised features for MSINet); for visible-infrared batches (first half visible,
+  second half infrared, identity aligned) the four-term CM-NAS form on the pre-BNNeck features;
+* ``classification`` — softmax cross-entropy (optional label smoothing) on every logits output;
+* ``flipping`` — FlipReID's MSE between the embeddings of the image and of its mirror;
+* ``sam`` — MSINet's spatial alignment loss times ``sam_ratio`` (added to the global branch);
+* ``sp`` and ``cmmd`` — CM-NAS's correlation terms on the post-BNNeck features.
+"""
+import dataclasses
+
+import tensorflow as tf
+
+from reid_tf.losses.classification import cross_entropy
+from reid_tf.losses.flipping import flipping_loss
+from reid_tf.losses.triplet import batch_hard_triplet
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    triplet_margin: float = None          # None: soft margin
+    triplet_normalize: bool = False
+    triplet_exclude_self: bool = False    # FlipReID masks the anchor out of its positives
+    triplet_clamp: bool = True            # False: FlipReID's sqrt(sum((a-b)^2) + 1e-12)
+    label_smoothing: float = 0.0
+    cross_modality: bool = False
+    sp_weight: float = 5.0
+    cmmd_weight: float = 0.05
+    images_per_identity: int = 4
+    sam_mode: str = "none"
+    sam_ratio: float = 2.0
+
+
+def objective_config_from_flags(values, cross_modality):
+    """The objective a run's flags describe (FlipReID's soft margin when margin < 0)."""
+    soft = values.triplet_margin < 0
+    return ObjectiveConfig(
+        triplet_margin=None if soft else float(values.triplet_margin),
+        triplet_normalize=bool(values.triplet_feature_normalization),
+        triplet_exclude_self=soft,
+        triplet_clamp=not soft,
+        label_smoothing=float(values.label_smoothing),
+        cross_modality=bool(cross_modality),
+        sp_weight=float(values.sp_weight if cross_modality else 0.0),
+        cmmd_weight=float(values.cmmd_weight if cross_modality else 0.0),
+        images_per_identity=int(values.image_num_per_identity),
+        sam_mode=values.sam_mode,
+        sam_ratio=float(values.sam_ratio),
+    )
+
+
+class Objective:
+    """``objective(outputs, labels) -> {"total": ..., "triplet": ..., ...}`` (float32)."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def _triplet(self, embedding, labels):
+        c = self.config
+        embedding = tf.cast(embedding, tf.float32)
+        if c.cross_modality:
+            from reid_tf.losses.cmnas import cross_modality_triplet
+            return cross_modality_triplet(embedding, labels, margin=c.triplet_margin,
+                                          normalize=c.triplet_normalize)
+        return batch_hard_triplet(embedding, labels, margin=c.triplet_margin,
+                                  normalize=c.triplet_normalize,
+                                  exclude_self=c.triplet_exclude_self, clamp=c.triplet_clamp)
+
+    def __call__(self, outputs, labels):
+        c = self.config
+        labels = tf.cast(labels, tf.int32)
+        losses = {}
+        losses["triplet"] = tf.add_n([self._triplet(e, labels) for e in outputs["embeddings"]])
+        if outputs.get("logits"):
+            losses["classification"] = tf.add_n([
+                cross_entropy(logits, labels, c.label_smoothing) for logits in outputs["logits"]])
+        if "embeddings_original" in outputs:
+            losses["flipping"] = flipping_loss(outputs["embeddings_original"],
+                                               outputs["embeddings_flipped"])
+        if c.sam_mode != "none" and outputs.get("sam_scores") is not None:
+            from reid_tf.losses.sam import spatial_alignment_loss
+            losses["sam"] = c.sam_ratio * spatial_alignment_loss(
+                tf.cast(outputs["sam_scores"], tf.float32), labels, c.sam_mode)
+        if c.cross_modality and (c.sp_weight or c.cmmd_weight):
+            from reid_tf.losses.cmnas import cmmd_loss, sp_loss
+            features = tf.cast((outputs.get("bnneck") or outputs["embeddings"])[0], tf.float32)
+            visible, infrared = tf.split(features, 2, axis=0)
+            if c.sp_weight:
+                losses["sp"] = c.sp_weight * sp_loss(visible, infrared)
+            if c.cmmd_weight:
+                losses["cmmd"] = c.cmmd_weight * cmmd_loss(visible, infrared,
+                                                           c.images_per_identity)
+        losses["total"] = tf.add_n(list(losses.values()))
+        return losses

@@ -1,0 +1,75 @@
+"""Build a model family from ``solution.py``'s flags (``--backbone_model_name``).
+
+* ``resnet50``, ``ibn_resnet50``, ``resnesta50`` (and the other tf2cv depths): FlipReID
+  (:func:`reid_tf.models.flipreid.build_flipreid`);
+* ``msinet``: MSINet with ``--genotype_file_path`` (:mod:`reid_tf.models.msinet`), optionally
+  with SAM (``--sam_mode``) and switchable BNs (``--cmnas_config_file_path`` on visible-infrared
+  data);
+* ``cmnas_resnet50``: CM-NAS's two-stream ResNet-50 with ``--cmnas_config_file_path``.
+
+Whatever the family, ``--use_horizontal_flipping_inside_model`` wraps the family's embedding
+and head models with the FlipReID structure (:mod:`reid_tf.models.flipping`).
+"""
+import dataclasses
+
+from reid_tf.models.base import ReIDModels
+
+FLIPREID_BACKBONES = ("resnet50", "ibn_resnet50", "resnesta50")
+
+
+def model_family(backbone_model_name):
+    """``flipreid``, ``msinet`` or ``cmnas`` for a ``--backbone_model_name`` value."""
+    if backbone_model_name == "msinet":
+        return "msinet"
+    if backbone_model_name == "cmnas_resnet50":
+        return "cmnas"
+    return "flipreid"
+
+
+def build_models(values, num_classes, cross_modality=False):
+    """The :class:`ReIDModels` that the flags ``values`` describe, for ``num_classes`` ids.
+
+    Returns ``(models, feature_index)``: ``feature_index`` selects the inference output used as
+    the evaluation feature (``None``: all outputs concatenated; CM-NAS: 1, the post-BNNeck
+    feature its reference reports first).
+    """
+    input_shape = (values.image_height, values.image_width, 3)
+    family = model_family(values.backbone_model_name)
+    flip = bool(values.use_horizontal_flipping_inside_model)
+    feature_index = None
+    if family == "flipreid":
+        from reid_tf.models.flipreid import build_flipreid
+        models = build_flipreid(
+            values.backbone_model_name, input_shape, num_classes, region_num=values.region_num,
+            pooling_mode=values.pooling_mode, min_value=values.min_value,
+            max_value=values.max_value,
+            kernel_regularization_factor=values.kernel_regularization_factor,
+            bias_regularization_factor=values.bias_regularization_factor,
+            gamma_regularization_factor=values.gamma_regularization_factor,
+            beta_regularization_factor=values.beta_regularization_factor,
+            use_horizontal_flipping_inside_model=flip,
+            backbone_weights_file_path=values.backbone_weights_file_path)
+        return models, feature_index
+    if family == "msinet":
+        from reid_tf.models import msinet
+        sam = values.sam_mode != "none"
+        models = msinet.build_msinet_models(values.genotype_file_path, num_classes,
+                                            input_shape=input_shape, sam=sam)
+        if values.backbone_weights_file_path:
+            raise ValueError("--backbone_weights_file_path is not used by msinet; load converted "
+                             "reference weights with --pretrained_model_file_path.")
+    else:
+        from reid_tf.models import cmnas
+        models = cmnas.build_cmnas_models(values.cmnas_config_file_path, num_classes,
+                                          input_shape=input_shape)
+        if values.backbone_weights_file_path:
+            cmnas.load_imagenet_weights(models.training_model, values.backbone_weights_file_path)
+        feature_index = 1
+    if flip:
+        from reid_tf.models.flipping import build_training_model
+        training_model = build_training_model(models.embedding_model, models.head_model, True)
+        models = dataclasses.replace(models, training_model=training_model)
+    return models, feature_index
+
+
+__all__ = ["ReIDModels", "build_models", "model_family", "FLIPREID_BACKBONES"]
