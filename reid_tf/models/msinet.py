@@ -28,6 +28,8 @@ order (:func:`batch_norm_names` returns the list; 80 layers for the standard cha
 3. ``head_bn`` (BN1d 512, ``frozen_beta=True``), then ``f_head_bn`` (BN1d 256,
    ``frozen_beta=True``).
 """
+import numbers
+
 import tensorflow as tf
 import tf_keras as keras
 
@@ -269,7 +271,8 @@ def _dense(units, use_bias, name):
 # Builders
 # --------------------------------------------------------------------------------------------
 def _check_arguments(num_classes, input_shape):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
+            or num_classes < 1):
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
     input_shape = tuple(input_shape)
     if len(input_shape) != 3 or input_shape[-1] != 3:
@@ -278,12 +281,12 @@ def _check_arguments(num_classes, input_shape):
         if size is not None and size < 32:
             raise ValueError(f"input_shape {input_shape}: height and width must be at least 32 "
                              f"(the network downsamples by 16 and splits the part map in two).")
-    return input_shape
+    return int(num_classes), input_shape
 
 
 def _build_all(genotype, num_classes, input_shape, sam, bn_factory, name):
     genotype = resolve_genotype(genotype)
-    input_shape = _check_arguments(num_classes, input_shape)
+    num_classes, input_shape = _check_arguments(num_classes, input_shape)
     images = keras.Input(shape=input_shape, name="images")
     x, f_x = msinet_backbone(images, genotype, bn_factory=bn_factory, mid_channels_rule="final")
     sam_scores = spatial_align_module(x, name="sam") if sam else None
