@@ -35,9 +35,9 @@ def market_like_problem(seed=0):
     ])
     q_cams = rng.integers(0, NUM_CAMERAS, NUM_QUERY)
     g_cams = rng.integers(0, NUM_CAMERAS, NUM_GALLERY)
+    # Cosine-like distances in [0, 1.3): true matches closer on average, as for a trained model.
     distmat = rng.random((NUM_QUERY, NUM_GALLERY), dtype=np.float32)
-    # Make true matches closer on average, as for a trained model.
-    distmat -= 0.3 * (q_pids[:, None] == g_pids[None, :])
+    distmat += np.float32(0.3) * (q_pids[:, None] != g_pids[None, :])
     return distmat, q_pids, g_pids, q_cams, g_cams
 
 

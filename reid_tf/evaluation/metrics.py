@@ -23,6 +23,7 @@ the stable order) yields, for every query, the ranked list of flags. Only the fl
 ``num_threads`` threads: numpy's sorting and element-wise kernels release the GIL.
 """
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -35,7 +36,7 @@ _SIGN = np.int32(np.iinfo(np.int32).min)
 _LOW_MASK = np.uint64(0xFFFFFFFF)
 # Order-preserving keys of +inf and -inf; keys outside this range are NaNs.
 _KEY_PLUS_INF = 0xFF800000
-_KEY_MINUS_INF = 0x00800000
+_KEY_MINUS_INF = 0x007FFFFF
 # Gallery indices share the low 32 bits with 2 flag bits.
 _MAX_GALLERY = 1 << 30
 # Target size (elements) of one block of rows.
@@ -79,31 +80,70 @@ def _check_max_rank(max_rank):
     return int(max_rank)
 
 
-def _order_keys(block):
-    """Order-preserving uint32 keys of a float32 block (-0.0 and +0.0 get the same key)."""
+def _order_keys(block, out=None):
+    """Order-preserving uint32 keys of a float32 block (-0.0 and +0.0 get the same key).
+
+    Non-negative floats get ``bits | 2**31``; negative floats get ``~bits``. ``-0.0`` is first
+    turned into ``+0.0`` (by adding 0). NaNs get keys above ``+inf`` or below ``-inf``.
+    """
+    block = np.add(block, np.float32(0), dtype=np.float32)  # canonical zero (and a copy)
     signed = block.view(np.int32)
-    # Non-negative floats: bits + 2**31. Negative floats (bits = 2**31 + magnitude, i.e. the
-    # int32 value magnitude - 2**31): 2**31 - magnitude = -value; -0.0 wraps to 2**31 as well.
-    keys = np.where(signed < 0, np.negative(signed), np.bitwise_xor(signed, _SIGN))
-    return keys.view(np.uint32)
+    mask = np.right_shift(signed, 31)  # -1 for negative values, 0 otherwise
+    np.bitwise_or(mask, _SIGN, out=mask)
+    if out is None:
+        out = np.empty(block.shape, dtype=np.uint32)
+    np.bitwise_xor(signed, mask, out=out.view(np.int32))
+    return out
 
 
-def _sorted_words(block, low_words):
-    """Sort ``key << 32 | low_word`` along each row; returns the sorted uint64 words.
+_HIGH, _LOW = (1, 0) if sys.byteorder == "little" else (0, 1)
+# Byte of a uint64 word that holds its 8 least significant bits.
+_LOW_BYTE = 0 if sys.byteorder == "little" else 7
 
-    ``low_words`` (uint32, same shape as ``block``) hold ``gallery_index << 2 | flags``; since the
-    gallery index makes every word of a row unique, the order is ascending distance with ties
-    broken by gallery index whatever sort algorithm numpy uses.
+
+def _sorted_words(block, flags, base):
+    """Sort the words ``key(distance) << 32 | gallery_index << 2 | flags`` along each row.
+
+    ``flags`` (uint8, same shape as ``block``) holds the two flag bits of every item, ``base``
+    (uint32, one per gallery column) ``gallery_index << 2``. Since the gallery index makes every
+    word of a row unique, the order is ascending distance with ties broken by gallery index
+    whatever sort algorithm numpy uses. Returns the sorted uint64 words.
     """
     block = np.ascontiguousarray(block, dtype=np.float32)
-    words = _order_keys(block).astype(np.uint64)
-    np.left_shift(words, np.uint64(32), out=words)
-    np.bitwise_or(words, low_words, out=words)
+    num_rows, num_columns = block.shape
+    words = np.empty((num_rows, num_columns), dtype=np.uint64)
+    halves = words.view(np.uint32).reshape(num_rows, num_columns, 2)
+    if block.min() >= 0:
+        # Fast path: setting the sign bit is order preserving for x >= 0 and maps -0.0 (the
+        # only value with the sign bit set that passes the test) to the key of +0.0.
+        np.bitwise_or(block.view(np.uint32), np.uint32(0x80000000), out=halves[:, :, _HIGH])
+    else:  # negative values, or NaN (min is NaN)
+        _order_keys(block, out=halves[:, :, _HIGH])
+    np.bitwise_or(base, flags, out=halves[:, :, _LOW])
     words.sort(axis=1)
     high = words[:, [0, -1]] >> np.uint64(32)
     if np.any(high[:, 1] > _KEY_PLUS_INF) or np.any(high[:, 0] < _KEY_MINUS_INF):
         raise ValueError("distmat contains NaN values; distances must be real numbers.")
     return words
+
+
+def _flagged_entries(words):
+    """Row, column and flag bits of every sorted entry whose flags are not 0 (row-major).
+
+    The flag bytes are copied into a zero-padded uint8 buffer whose rows are a multiple of 8
+    long, so the search for non-zero flags runs over 8-byte groups (viewed as uint64) first and
+    only looks at the bytes of the groups that hold something.
+    """
+    num_rows, num_columns = words.shape
+    padded_columns = -(-num_columns // 8) * 8
+    flags = np.zeros((num_rows, padded_columns), dtype=np.uint8)
+    low_bytes = words.view(np.uint8).reshape(num_rows, num_columns, 8)[:, :, _LOW_BYTE]
+    np.bitwise_and(low_bytes, np.uint8(3), out=flags[:, :num_columns])
+    groups = np.flatnonzero(flags.view(np.uint64))
+    group_bytes = flags.reshape(-1, 8)[groups]
+    group_index, offset = np.nonzero(group_bytes)
+    rows, cols = np.divmod(groups[group_index] * 8 + offset, padded_columns)
+    return rows, cols, group_bytes[group_index, offset]
 
 
 def _segment_cumsum(values, rows, starts):
@@ -113,34 +153,33 @@ def _segment_cumsum(values, rows, starts):
     return total - before_row[rows]
 
 
-def _match_ranks(flag_words, num_rows):
-    """Ranks of the valid true matches in each row of sorted flag words.
+def _match_ranks(rows, cols, flags, num_rows):
+    """Ranks of the valid true matches from the flagged entries of sorted rows.
 
-    ``flag_words`` (num_rows x gallery) holds the two flag bits of every ranked gallery item.
-    Items with the removed bit are dropped from the ranked list; the valid matches are the items
-    with the match bit and without the removed bit. Returns, for every valid match in row-major
-    order: its query row, its 1-based rank in the remaining list and its 1-based index among the
-    valid matches of its row; plus per row the number of valid matches.
+    ``rows, cols, flags`` list (row-major) the entries of the sorted rows whose flag bits are
+    not 0. Items with the removed bit are dropped from the ranked list; the valid matches are
+    the items with the match bit and without the removed bit. Returns, for every valid match in
+    row-major order: its query row, its 1-based rank in the remaining list, its 1-based index
+    among the valid matches of its row and its 0-based column in the full sorted row; plus per
+    row the number of valid matches.
     """
-    rows, cols = np.nonzero(flag_words)
-    flags = flag_words[rows, cols]
     removed = ((flags & _REMOVED) != 0).astype(np.int64)
     row_starts = np.searchsorted(rows, np.arange(num_rows))
     # Removed items strictly before each flagged entry of the same row.
     removed_before = _segment_cumsum(removed, rows, row_starts) - removed
     valid = ((flags & _MATCH) != 0) & (removed == 0)
     rows_v = rows[valid]
-    ranks = cols[valid] + 1 - removed_before[valid]
+    cols_v = cols[valid]
+    ranks = cols_v + 1 - removed_before[valid]
     valid_starts = np.searchsorted(rows_v, np.arange(num_rows))
     counts = _segment_cumsum(np.ones(rows_v.shape[0], dtype=np.int64), rows_v, valid_starts)
     n_rel = np.bincount(rows_v, minlength=num_rows)
-    return rows_v, ranks, counts, n_rel, cols[valid]
+    return rows_v, ranks, counts, cols_v, n_rel
 
 
-def _summarise(flag_words):
+def _summarise(rows, cols, flags, num_rows):
     """Per-query AP, INP, rank of the first match (and its column in the full sorted row)."""
-    num_rows = flag_words.shape[0]
-    rows_v, ranks, counts, n_rel, cols_v = _match_ranks(flag_words, num_rows)
+    rows_v, ranks, counts, cols_v, n_rel = _match_ranks(rows, cols, flags, num_rows)
     valid = n_rel > 0
     precision_sum = np.bincount(rows_v, weights=counts / ranks, minlength=num_rows)
     safe_n_rel = np.maximum(n_rel, 1)
@@ -255,13 +294,13 @@ def cmc_map(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, remove_sam
 
     def block_metrics(start, stop):
         match = g_pids[np.newaxis, :] == q_pids[start:stop, np.newaxis]
-        low_words = base | match.view(np.uint8)
+        flags = match.view(np.uint8)
         if remove_same_camera:
             same_camera = g_camids[np.newaxis, :] == q_camids[start:stop, np.newaxis]
-            low_words |= (match & same_camera).view(np.uint8).astype(np.uint32) << np.uint32(1)
-        words = _sorted_words(distmat[start:stop], low_words)
-        flag_words = (words & np.uint64(3)).astype(np.uint8)
-        return _summarise(flag_words)
+            np.logical_and(match, same_camera, out=same_camera)
+            flags = flags | (same_camera.view(np.uint8) << np.uint8(1))
+        words = _sorted_words(distmat[start:stop], flags, base)
+        return _summarise(*_flagged_entries(words), stop - start)
 
     parts = _map_blocks(block_metrics, _row_blocks(num_query, num_gallery), num_threads)
     per_query = _merge(parts)
@@ -299,16 +338,15 @@ def sysu_mm01_cmc_map(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20,
         num_rows = stop - start
         match = g_pids[np.newaxis, :] == q_pids[start:stop, np.newaxis]
         excluded = (q_camids[start:stop, np.newaxis] == 3) & gallery_camera_2[np.newaxis, :]
-        low_words = base | match.view(np.uint8)
-        low_words |= excluded.view(np.uint8).astype(np.uint32) << np.uint32(1)
-        words = _sorted_words(distmat[start:stop], low_words)
-        low = words & _LOW_MASK
-        flag_words = (low & np.uint64(3)).astype(np.uint8)
-        summary = _summarise(flag_words)
+        flags = match.view(np.uint8) | (excluded.view(np.uint8) << np.uint8(1))
+        words = _sorted_words(distmat[start:stop], flags, base)
+        rows, cols, flag_values = _flagged_entries(words)
+        summary = _summarise(rows, cols, flag_values, num_rows)
         # Distinct-identity rank: identities (not excluded) whose first occurrence in the
         # ranked list is at or before the first valid true match.
-        codes = g_codes[(low >> np.uint64(2)).astype(np.intp)]
-        codes[(flag_words & _REMOVED) != 0] = sentinel
+        codes = g_codes[((words & _LOW_MASK) >> np.uint64(2)).astype(np.intp)]
+        removed = (flag_values & _REMOVED) != 0
+        codes[rows[removed], cols[removed]] = sentinel
         row_offsets = np.arange(num_rows, dtype=np.int64)[:, np.newaxis] * (sentinel + 1)
         composite, first_flat = np.unique(codes + row_offsets, return_index=True)
         first_rows = first_flat // num_gallery
