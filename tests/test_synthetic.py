@@ -332,7 +332,7 @@ def test_learnability_raw_pixels_poor_oracle_good(learnability_set):
         distances = np.linalg.norm(features[query][:, None] - features[~query][None], axis=-1)
         scores[name] = _mean_average_precision(distances, ids[query], cams[query], ids[~query],
                                                cams[~query])
-    # Measured with seed 0: raw 0.116, oracle 0.764.
+    # Measured with seed 0: raw 0.116, oracle 0.759.
     assert scores["raw"] < 0.25, scores
     assert scores["oracle"] > 0.5 and scores["oracle"] > scores["raw"] + 0.3, scores
 
@@ -396,7 +396,7 @@ def test_domain_one_has_other_camera_styles(tmp_path):
                            for p in metadata.relative_path])
         # Blue minus red of every image: domain 0 is warm, domain 1 cold.
         statistics[domain] = (images[..., 2] - images[..., 0]).mean(axis=(1, 2))
-    assert statistics[1].mean() > statistics[0].mean() + 15
+    assert statistics[1].mean() > statistics[0].mean() + 30
     # Same seed, same people (identity numbers), different cameras.
     names = {d: sorted(os.listdir(tmp_path / str(d) / "Market-1501-v15.09.15" / "query"))
              for d in (0, 1)}
@@ -485,6 +485,23 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(render, "encode_jpeg", original)
     table = load_dataset("Synthetic", "", cache_folder_path=str(tmp_path), **TINY_MARKET)
     assert len(table) > 0 and len(os.listdir(tmp_path)) == 1
+
+
+def test_concurrent_generation_keeps_the_finished_copy(tmp_path, monkeypatch):
+    parameters = synthetic.generation_parameters("Synthetic_RegDB", **TINY_REGDB)
+    final = tmp_path / synthetic._folder_name("Synthetic_RegDB", parameters)
+    original = render.encode_jpeg
+
+    def other_process_finishes_first(image, quality):
+        if not final.exists():  # another process renames its complete copy into place
+            final.mkdir()
+            (final / "winner.txt").write_text("other process")
+        return original(image, quality)
+
+    monkeypatch.setattr(render, "encode_jpeg", other_process_finishes_first)
+    folder = synthetic.prepare_synthetic_dataset("Synthetic_RegDB", str(tmp_path), **TINY_REGDB)
+    assert folder == str(final) and (final / "winner.txt").is_file()
+    assert os.listdir(tmp_path) == [final.name]  # our temporary copy was removed
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,18 +4,14 @@ No data has to be downloaded to run reid-tf: these datasets are drawn procedural
 :mod:`reid_tf.data.synthetic_render` for the renderer) and written to disk in exactly the folder
 layouts of the real datasets, then read back through the real loaders:
 
-================== ============== ===================================== ==================
-Registered name    Protocol       Layout written (read by)              Default size
-================== ============== ===================================== ==================
-``Synthetic``      ``standard``   Market-1501 (``Market1501``)          80 train / 40 test
-                                                                        identities, 6
-                                                                        cameras, ~1.9k images
-``Synthetic_Target`` ``standard`` Market-1501, camera domain 1, other   60 train / 30 test
-                                  people (seed 1)                       identities
-``Synthetic_SYSU`` ``sysu_mm01``  SYSU-MM01 (``SYSU_MM01``)             24+8 train / 16 test
-                                                                        identities
-``Synthetic_RegDB`` ``regdb``     RegDB with 10 trials (``RegDB``)      24 identities
-================== ============== ===================================== ==================
+* ``Synthetic`` (protocol ``standard``): Market-1501 layout, read by ``Market1501``; 80 train and
+  40 test identities, 6 cameras, about 1.8k images of 128 x 64 (the quick-start dataset);
+* ``Synthetic_Target`` (``standard``): Market-1501 layout, camera domain 1 and other people
+  (seed 1); 60 train and 30 test identities, for cross-domain experiments;
+* ``Synthetic_SYSU`` (``sysu_mm01``): SYSU-MM01 layout, read by ``SYSU_MM01``; 24 + 8 (val)
+  train and 16 test identities, visible cameras 1, 2, 4, 5 and infrared cameras 3, 6;
+* ``Synthetic_RegDB`` (``regdb``): RegDB layout with its 10 trials, read by ``RegDB``; 24
+  identities with 6 visible and 6 thermal images each.
 
 Each person has one appearance everywhere (build, skin, hair, cap, garment colours and patterns,
 shoes, bag; thermal emissivities for infrared cameras) while each camera has its own background,
@@ -186,8 +182,8 @@ def write_market1501(root_folder_path, num_train_identities=80, num_test_identit
       root_folder_path: folder that will hold ``Market-1501-v15.09.15`` (must not exist yet).
       num_train_identities, num_test_identities: disjoint identity counts (>= 1 each).
       num_cameras: 2..9 (camera numbers are one digit in Market-1501 names).
-      images_per_identity: mean images per identity (>= 2 * num_cameras is not required; the
-        camera subset of an identity is limited by its image count).
+      images_per_identity: mean images per identity (>= 4); an identity is seen by at most as
+        many cameras as its images allow (1 per camera for training, 2 for test identities).
       num_junk_images, num_distractor_images: counts of identity -1 and 0 images (>= 0).
       seed: generation seed; same seed, same bytes.
       image_size: (height, width) of the images, default (128, 64).
@@ -451,7 +447,7 @@ def write_regdb(root_folder_path, num_identities=24, images_per_identity=6, seed
 # Cache and registered loaders
 # --------------------------------------------------------------------------------------------
 
-# name -> (writer, real loader name, default generation parameters, seed default)
+# name -> (writer, real loader name, generation parameters that differ from the writer's)
 _DATASETS = {
     "Synthetic": (write_market1501, "Market1501", {}),
     "Synthetic_Target": (write_market1501, "Market1501",

@@ -380,10 +380,10 @@ class _Canvas:
         self.flip = -1.0 if flip else 1.0
 
     def _points(self, points):
-        array = np.asarray(points, np.float64)
-        x = self.centre_x + self.flip * array[:, 0] * self.person_height
-        y = self.top + array[:, 1] * self.person_height
-        return np.round(np.stack([x, y], axis=1) * _FIXED_POINT_SCALE).astype(np.int32)
+        array = np.array(points, np.float64)
+        array[:, 0] = self.centre_x + self.flip * array[:, 0] * self.person_height
+        array[:, 1] = self.top + array[:, 1] * self.person_height
+        return np.round(array * _FIXED_POINT_SCALE).astype(np.int32)
 
     def polygon(self, points, label):
         cv2.fillPoly(self.labels, [self._points(points)], int(label), cv2.LINE_8,
@@ -518,13 +518,16 @@ def _upper_pattern_mask(identity, back, x, y):
     return np.zeros_like(x, dtype=bool)
 
 
-def _paint(labels, identity, pose, canvas, infrared, rng):
-    """Colours (or temperatures) of the labelled pixels: (n, 3) float32 and their indices."""
-    ys, xs = np.nonzero(labels)
-    parts = labels[ys, xs]
+def _paint(canvas_image, labels, identity, pose, canvas, camera, rng):
+    """Paint the labelled pixels over ``canvas_image``: colours, or temperatures if infrared.
+
+    Garment patterns and a round-body shading (darker at the sides) are functions of the
+    person coordinates of each pixel. Returns the painted float32 canvas.
+    """
+    infrared = camera.infrared
+    table = np.zeros((_NUM_LABELS, 3), np.float32)
     if infrared:
         heat = identity.body_heat
-        table = np.zeros((_NUM_LABELS, 3), np.float32)
         values = {SKIN: 0.93 * heat, HAIR: identity.thermal_hair * heat,
                   UPPER: identity.thermal_upper * heat, LOWER: identity.thermal_lower * heat,
                   SHOES: identity.thermal_shoes, BAG: identity.thermal_bag,
@@ -534,7 +537,6 @@ def _paint(labels, identity, pose, canvas, infrared, rng):
         second = np.full(3, identity.thermal_upper_second * heat, np.float32)
         second = 0.5 * second + 0.5 * table[UPPER]  # dyes differ little in emissivity
     else:
-        table = np.zeros((_NUM_LABELS, 3), np.float32)
         table[SKIN] = identity.skin
         table[HAIR] = identity.hair
         table[UPPER] = identity.upper
@@ -544,30 +546,27 @@ def _paint(labels, identity, pose, canvas, infrared, rng):
         table[HAT] = identity.hat if identity.hat is not None else 0.0
         table[OCCLUDER] = pose["occluder_colour"]
         second = identity.upper_second
-    colours = table[parts]
-    # Person coordinates of the pixels (for garment patterns and shading).
-    px = canvas.flip * (xs - canvas.centre_x) / canvas.person_height
-    py = (ys - canvas.top) / canvas.person_height
-    upper = parts == UPPER
-    if identity.upper_pattern != "solid" and upper.any():
-        mask = _upper_pattern_mask(identity, pose["back_view"], px[upper], py[upper])
-        mask = np.broadcast_to(mask, px[upper].shape)
-        sub = colours[upper]
-        sub[mask] = second
-        colours[upper] = sub
-    # Round-body shading (darker at the sides), a little cloth texture; occluders are flat.
-    person = parts != OCCLUDER
+    colours = np.take(table, labels, axis=0)
+    height, width = labels.shape
+    # Person coordinates of the pixel columns (1, W) and rows (H, 1).
+    px = (canvas.flip * (np.arange(width, dtype=np.float32) - canvas.centre_x)
+          / canvas.person_height)[None, :]
+    py = ((np.arange(height, dtype=np.float32) - canvas.top) / canvas.person_height)[:, None]
+    if identity.upper_pattern != "solid":
+        mask = np.broadcast_to(_upper_pattern_mask(identity, pose["back_view"], px, py),
+                               labels.shape)
+        colours[mask & (labels == UPPER)] = second
     half_width = 0.13 * identity.build
-    shade = 1.0 - 0.28 * np.clip(np.abs(px) / half_width, 0.0, 1.3) ** 2
-    if infrared:
-        shade = 1.0 - 0.12 * np.clip(np.abs(px) / half_width, 0.0, 1.3) ** 2
-    shade = np.where(person, shade, 1.0).astype(np.float32)
-    colours = colours * shade[:, None]
-    colours += rng.normal(0.0, 0.015, (len(colours), 1)).astype(np.float32)
-    return ys, xs, colours
+    strength = 0.12 if infrared else 0.28
+    shade = 1.0 - strength * np.clip(np.abs(px) / half_width, 0.0, 1.3) ** 2
+    shade = np.where(labels == OCCLUDER, np.float32(1.0), shade.astype(np.float32))
+    colours *= shade[..., None]
+    if infrared:  # the camera's calibration of temperatures
+        colours = np.clip(camera.thermal_contrast * colours + camera.thermal_offset, 0.0, 1.0)
+    return np.where((labels > 0)[..., None], colours, canvas_image)
 
 
-def _occluder(rng, canvas, camera, height, width):
+def _occluder(rng, canvas, height, width):
     """Draw a bench/car/passer-by occluder into the label map."""
     labels = canvas.labels
     if rng.random() < 0.55:  # object in front, from the bottom
@@ -630,7 +629,7 @@ def render_image(identity, camera, rng, image_size, pose=None, draw_person=True)
     scene = camera.scene
     x0 = int(rng.integers(0, scene.shape[1] - big_w + 1))
     y0 = int(rng.integers(0, scene.shape[0] - big_h + 1))
-    canvas_image = scene[y0:y0 + big_h, x0:x0 + big_w].copy()
+    canvas_image = scene[y0:y0 + big_h, x0:x0 + big_w]
     person_height = pose["scale"] * big_h * (identity.height if draw_person else 1.0)
     centre_x = big_w * (0.5 + pose["x_shift"])
     top = (big_h - person_height) * 0.5 + pose["y_shift"] * big_h
@@ -638,12 +637,9 @@ def render_image(identity, camera, rng, image_size, pose=None, draw_person=True)
     if draw_person:
         _draw_person(canvas, identity, pose)
     if pose["occluded"]:
-        _occluder(rng, canvas, camera, big_h, big_w)
+        _occluder(rng, canvas, big_h, big_w)
     if canvas.labels.any():
-        ys, xs, colours = _paint(canvas.labels, identity, pose, canvas, camera.infrared, rng)
-        if camera.infrared:
-            colours = np.clip(camera.thermal_contrast * colours + camera.thermal_offset, 0.0, 1.0)
-        canvas_image[ys, xs] = colours
+        canvas_image = _paint(canvas_image, canvas.labels, identity, pose, canvas, camera, rng)
     image = cv2.resize(canvas_image, (width, height), interpolation=cv2.INTER_AREA)
     # Illumination: gain, colour cast, gamma, vertical light gradient, brightness jitter.
     rows = np.linspace(-0.5, 0.5, height, dtype=np.float32)[:, None, None]
