@@ -68,6 +68,13 @@ def static_mode(mode):
     return value
 
 
+def _in_keras_shape_inference():
+    """True while tf-keras traces a layer on placeholders only to infer its output signature
+    (functional-model construction uses a throw-away graph named ``<layer>_scratch_graph``)."""
+    graph = tf.compat.v1.get_default_graph()
+    return str(getattr(graph, "name", "")).endswith("_scratch_graph")
+
+
 def _dynamic_mode(mode):
     """A scalar int32 tensor from a runtime mode, with a range check."""
     mode = tf.cast(tf.reshape(mode, [-1])[0], tf.int32)
@@ -138,6 +145,7 @@ class TorchBatchNormalization(keras.layers.Layer):
         self.moving_mean.assign(decay * self.moving_mean + (1.0 - decay) * mean)
         self.moving_variance.assign(decay * self.moving_variance + (1.0 - decay) * variance)
 
+    @tf.autograph.experimental.do_not_convert
     def call(self, inputs, training=None):
         training = _resolve_training(training)
         axes = list(range(len(inputs.shape) - 1))
@@ -291,9 +299,15 @@ class SwitchableBatchNormalization(keras.layers.Layer):
         logits = tf.reshape(tf.cast(arch_logits, self.compute_dtype), [2])
         return tf.nn.softmax(logits / self.temperature)
 
+    @tf.autograph.experimental.do_not_convert
     def call(self, inputs, mode=0, training=None, arch_weights=None, arch_logits=None):
         training = _resolve_training(training)
         static = static_mode(mode)
+        if static is None and _in_keras_shape_inference():
+            # Building a functional model: only the output signature (that of the input) is
+            # needed, so skip tracing the three-way tf.switch_case on the symbolic mode. The
+            # real computation runs when the model is called.
+            return tf.nn.relu(inputs) if self.with_relu else tf.identity(inputs)
         mixing = self.mixed or arch_weights is not None or arch_logits is not None
         if mixing:
             weights = self.mixing_weights(arch_weights, arch_logits)
