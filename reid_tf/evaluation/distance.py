@@ -8,7 +8,7 @@ the result is always float32.
 Metrics (``metric=``):
 
 * ``"euclidean"``: ``sqrt(max(|q|² + |g|² − 2⟨q, g⟩, 0))``;
-* ``"sqeuclidean"``: ``max(|q|² + |g|² − 2⟨q, g⟩, 0)`` — MSINet's distance (no square root);
+* ``"sqeuclidean"``: ``max(|q|² + |g|² − 2⟨q, g⟩, 0)`` — MSINet's distance (no root);
 * ``"cosine"``: ``1 − cos(q, g)`` clipped to [0, 2], as scikit-learn's ``cosine_distances``
   (FlipReID); a zero vector has cosine 0 with everything (distance 1);
 * ``"neg_dot"``: ``−⟨q, g⟩``, i.e. ranking by descending dot-product similarity (CM-NAS, with
@@ -35,8 +35,10 @@ def l2_normalize(features, epsilon=1e-12):
 def _as_features(features, name):
     features = np.asarray(features)
     if features.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (items, dimensions) array, got {features.shape}.")
-    if not (np.issubdtype(features.dtype, np.floating) or np.issubdtype(features.dtype, np.integer)):
+        raise ValueError(
+            f"{name} must be a 2-D (items, dimensions) array, got shape {features.shape}.")
+    if not (np.issubdtype(features.dtype, np.floating)
+            or np.issubdtype(features.dtype, np.integer)):
         raise ValueError(f"{name} must hold real numbers, got dtype {features.dtype}.")
     dtype = np.float64 if features.dtype == np.float64 else np.float32
     return features.astype(dtype, copy=False)

@@ -78,6 +78,8 @@ def _check_rows(features, labels, what):
     if features.ndim != 2:
         raise ValueError(f"{what} features must be a 2-D array, got shape {features.shape}.")
     for name, values in labels.items():
+        if values is None:
+            continue
         values = np.asarray(values)
         if values.shape != (features.shape[0],):
             raise ValueError(

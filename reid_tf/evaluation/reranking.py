@@ -118,9 +118,10 @@ def _encoding(distances, ranks, k1):
         overlap = inside.any(axis=3).sum(axis=2)
         accepted = reciprocal[start:stop] & (overlap > 2.0 / 3 * half_sizes[candidates])
 
+        # Membership of the expanded set S(i): R(i) plus every accepted H(c).
         selected = np.zeros((stop - start, num_items), dtype=bool)
-        local_rows = np.broadcast_to(np.arange(stop - start)[:, np.newaxis], forward[start:stop].shape)
-        selected[local_rows[reciprocal[start:stop]], forward[start:stop][reciprocal[start:stop]]] = True
+        member_rows, member_cols = np.nonzero(reciprocal[start:stop])
+        selected[member_rows, forward[start:stop][member_rows, member_cols]] = True
         pair_rows, pair_cols = np.nonzero(accepted)
         expansion = candidate_sets[pair_rows, pair_cols]  # (pairs, half_width)
         expansion_rows = np.broadcast_to(pair_rows[:, np.newaxis], expansion.shape)
@@ -156,7 +157,7 @@ def _query_expansion(encoding, ranks, k2):
 
 
 def _jaccard(encoding, num_query):
-    """Step 4 for query rows × gallery columns: ``1 − s/(2 − s)``, ``s = Σ_k min(V_ik, V_jk)``."""
+    """Step 4, query rows × gallery columns: ``1 − s/(2 − s)``, ``s = Σ_k min(V_ik, V_jk)``."""
     num_items = encoding.shape[0]
     num_gallery = num_items - num_query
     queries = encoding[:num_query].tocsr()
