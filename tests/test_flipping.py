@@ -135,6 +135,38 @@ def test_extra_inputs_are_passed_to_both_passes():
     np.testing.assert_allclose(plain_outputs["embeddings"][1].numpy(), original[1], rtol=1e-5)
 
 
+class _ScaleByMode(keras.layers.Layer):
+    """Multiplies a feature map by a scalar int mode (like CM-NAS's modality switch)."""
+
+    def call(self, inputs):
+        features, mode = inputs
+        scaled = features * tf.cast(mode + 1, features.dtype)
+        scaled.set_shape(features.shape)
+        return scaled
+
+
+def test_scalar_mode_input_like_cmnas():
+    image = keras.Input(SHAPE, name="images")
+    mode = keras.Input(batch_shape=(), dtype=tf.int32, name="mode")
+    features = keras.layers.Conv2D(2, 3, name="c")(image)
+    features = _ScaleByMode(name="scale")([features, mode])
+    pooled = keras.layers.GlobalMaxPooling2D(name="p")(features)
+    embedding_model = keras.Model([image, mode], {"embeddings": [pooled]}, name="emb")
+    head_input = keras.Input((2,), name="h")
+    head_model = keras.Model([head_input], {"logits": [keras.layers.Dense(3)(head_input)],
+                                            "bnneck": [head_input]}, name="head")
+    model = build_training_model(embedding_model, head_model, True)
+    images = _images(seed=8)
+    outputs = model([images, tf.constant(2)])
+    assert sorted(outputs) == ["bnneck", "embeddings", "embeddings_flipped",
+                               "embeddings_original", "logits"]
+    original = embedding_model([images, tf.constant(2)])["embeddings"][0].numpy()
+    flipped = embedding_model([images[:, :, ::-1].copy(), tf.constant(2)])["embeddings"][0]
+    np.testing.assert_allclose(outputs["embeddings"][0].numpy(),
+                               (original + flipped.numpy()) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outputs["bnneck"][0].numpy(), outputs["embeddings"][0].numpy())
+
+
 def test_gradients_reach_both_passes_in_tf_function():
     embedding_model, head_model = _tiny_models()
     model = build_training_model(embedding_model, head_model, True)

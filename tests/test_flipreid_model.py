@@ -2,6 +2,8 @@
 weight round trips and tf2cv ImageNet weight files (spec flipreid.md sections 5 and 11)."""
 import reid_tf  # noqa: F401  (selects tf-keras)
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import tf_keras as keras
 
 from reid_tf.models.backbones import (build_backbone_blocks, load_tf2cv_weights,
                                       read_tf2cv_weights)
-from reid_tf.models.base import set_all_trainable, set_trainable_by_prefix
+from reid_tf.models.base import iter_layers, set_all_trainable, set_trainable_by_prefix
 from reid_tf.models.flipping import mirror_images
 from reid_tf.models.flipreid import build_flipreid, stripe_bounds
 from reid_tf.models.layers import ClipValues, GlobalGeMPooling2D
@@ -82,6 +84,8 @@ def test_resnet50_shapes_and_block_counts(resnet50_full):
         np.testing.assert_array_equal(first.numpy(), second.numpy())
     names = [variable.name for variable in resnet50_full.training_model.weights]
     assert len(names) == len(set(names))
+    assert not [layer.name for layer in iter_layers(resnet50_full.training_model)
+                if "/" in layer.name]
 
 
 def test_training_model_outputs(resnet50_full):
@@ -271,6 +275,7 @@ def test_weights_round_trip_with_and_without_flip(small_flip_model, small_plain_
     path = str(tmp_path / "flip.h5")
     small_flip_model.training_model.save_weights(path)
     small_plain_model.training_model.load_weights(path)
+    os.remove(path)  # ~300 MB; pytest keeps the temporary folders of recent runs
     for a, b in zip(small_flip_model.inference_model(images),
                     small_plain_model.inference_model(images)):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -283,6 +288,7 @@ def test_weights_round_trip_with_and_without_flip(small_flip_model, small_plain_
     path = str(tmp_path / "plain.h5")
     small_plain_model.training_model.save_weights(path)
     small_flip_model.training_model.load_weights(path)
+    os.remove(path)
     assert float(small_flip_model.inference_model.get_layer(
         "global_ge_m_pooling2d_1").power) == 2.0
     for a, b in zip(small_flip_model.inference_model(images), plain(images)):
@@ -333,6 +339,7 @@ def test_load_tf2cv_weights_file(tmp_path):
     net.save_weights(path)
     blocks = build_backbone_blocks("resnet50", SMALL_SHAPE)
     assert load_tf2cv_weights(blocks, path) == 265 + 50  # + the second stage-4 replica
+    os.remove(path)
     images = tf.constant(_images(seed=6))
     ours, theirs = images, images
     for index, block in enumerate(blocks.trunk):
