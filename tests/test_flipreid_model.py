@@ -324,6 +324,8 @@ def test_errors_name_flags_and_values(tmp_path):
         build_flipreid("resnet50", SMALL_SHAPE, 5, backbone_weights_file_path=missing)
     with pytest.raises(ValueError, match="--region_num"):
         build_flipreid("resnet50", SMALL_SHAPE, 5, region_num=-1)
+    with pytest.raises(ValueError, match=r"--min_value \(2\.0\).*--max_value \(1\.0\)"):
+        build_flipreid("resnet50", SMALL_SHAPE, 5, min_value=2.0, max_value=1.0)
     not_h5 = tmp_path / "text.h5"
     not_h5.write_text("not hdf5")
     with pytest.raises(ValueError, match=r"text\.h5"):

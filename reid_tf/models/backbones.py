@@ -42,6 +42,12 @@ SUPPORTED_BACKBONES = tuple(f"{family}{depth}" for depth in _STAGE_UNITS for fam
 REPLICA_SUFFIXES = ("global_branch", "regional_branch")
 
 
+def validate_backbone_name(backbone_model_name):
+    """Return ``(family, depth)`` of a supported backbone name, else raise ``ValueError``
+    naming the flag and the allowed values."""
+    return _parse_backbone_name(backbone_model_name)
+
+
 def _parse_backbone_name(backbone_model_name):
     match = re.fullmatch(r"(resnet|ibn_resnet|resnesta)(\d+)", str(backbone_model_name))
     if match is None or int(match.group(2)) not in _STAGE_UNITS:
@@ -329,4 +335,5 @@ def block_output_shapes(blocks):
 
 
 __all__ = ["SUPPORTED_BACKBONES", "BackboneBlocks", "build_backbone_blocks",
-           "load_tf2cv_weights", "read_tf2cv_weights", "block_output_shapes"]
+           "validate_backbone_name", "load_tf2cv_weights", "read_tf2cv_weights",
+           "block_output_shapes"]

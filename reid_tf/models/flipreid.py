@@ -28,7 +28,7 @@ import tf_keras as keras
 
 from reid_tf.models import flipping
 from reid_tf.models.backbones import (REPLICA_SUFFIXES, WEIGHTS_FLAG, build_backbone_blocks,
-                                      load_tf2cv_weights)
+                                      load_tf2cv_weights, validate_backbone_name)
 from reid_tf.models.base import ReIDModels
 from reid_tf.models.layers import ClipValues, GlobalGeMPooling2D, HeightSlice
 from reid_tf.models.regularization import collect_l2_terms
@@ -112,6 +112,7 @@ def build_flipreid(backbone_model_name, input_shape, num_classes, region_num=2,
       embeddings to ``{"logits": [...]}``; ``training_model`` is
       :func:`reid_tf.models.flipping.build_training_model` around them.
     """
+    validate_backbone_name(backbone_model_name)
     if pooling_mode not in POOLING_MODES:
         raise ValueError(f"Unknown --pooling_mode {pooling_mode!r}; allowed values: "
                          f"{', '.join(POOLING_MODES)}.")
@@ -121,6 +122,8 @@ def build_flipreid(backbone_model_name, input_shape, num_classes, region_num=2,
     num_classes = int(num_classes)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+    if float(min_value) > float(max_value):
+        raise ValueError(f"--min_value ({min_value}) must not exceed --max_value ({max_value}).")
 
     if backbone_weights_file_path and not os.path.isfile(
             os.path.expanduser(str(backbone_weights_file_path))):
