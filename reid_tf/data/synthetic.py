@@ -1,4 +1,4 @@
-"""The embedded procedural synthetic ReID datasets: writers in the real layouts plus registered loaders.
+"""The embedded procedural synthetic ReID datasets: real-layout writers and registered loaders.
 
 No data has to be downloaded to run reid-tf: these datasets are drawn procedurally (see
 :mod:`reid_tf.data.synthetic_render` for the renderer) and written to disk in exactly the folder

@@ -1,4 +1,4 @@
-"""Procedural rendering of the synthetic ReID images (the drawing half of ``reid_tf.data.synthetic``).
+"""Procedural rendering of the synthetic ReID images (the drawing part of the synthetic data).
 
 Three kinds of random objects drive the renderer, each drawn from its own
 :class:`numpy.random.Generator` so that the output is a pure function of the seeds:
@@ -289,8 +289,8 @@ def _render_thermal_scene(rng, height, width, paired_scene=None):
     # A few warm objects (radiators, lamps, engines).
     for _ in range(int(rng.integers(0, 3))):
         x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
-        cv2.rectangle(scene, (x0, y0), (x0 + int(rng.integers(3, 14)), y0 + int(rng.integers(3, 14))),
-                      float(rng.uniform(0.5, 0.8)), -1)
+        x1, y1 = x0 + int(rng.integers(3, 14)), y0 + int(rng.integers(3, 14))
+        cv2.rectangle(scene, (x0, y0), (x1, y1), float(rng.uniform(0.5, 0.8)), -1)
     scene = np.clip(scene, 0.0, 1.0)
     return np.repeat(scene[..., None], 3, axis=2)
 
@@ -594,7 +594,8 @@ def sample_pose(rng, camera, scale_factor=1.0, shift_factor=1.0):
     return {
         "back_view": bool(rng.random() < camera.back_view_probability),
         "flip": bool(rng.random() < 0.5),
-        "leg_spread": (float(stride + rng.normal(0, 0.01)), float(-0.3 * stride + rng.normal(0, 0.01))),
+        "leg_spread": (float(stride + rng.normal(0.0, 0.01)),
+                       float(-0.3 * stride + rng.normal(0.0, 0.01))),
         "arm_swing": (float(rng.normal(0.0, 0.025)), float(rng.normal(0.0, 0.025))),
         "scale": float(camera.scale * scale_factor * (1.0 + rng.normal(0.0, camera.scale_jitter))),
         "x_shift": float(camera.x_offset + shift_factor * rng.normal(0.0, 0.035)),
