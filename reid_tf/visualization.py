@@ -102,6 +102,7 @@ def plot_history(history_csv_path, output_folder):
     import pandas as pd
     plt = _pyplot()
     history = pd.read_csv(history_csv_path)
+    os.makedirs(output_folder, exist_ok=True)
     written = []
     x = history["global_epoch"] if "global_epoch" in history else np.arange(1, len(history) + 1)
     for column in history.columns:

@@ -20,9 +20,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from reid_tf.evaluation import protocols
 from reid_tf.evaluation.distance import pairwise_distance
-from reid_tf.evaluation.metrics import cmc_map, sysu_mm01_cmc_map
-from reid_tf.evaluation.reranking import re_ranking
 
 MODE_BY_MODALITY = {"visible": 1, "infrared": 2}
 
@@ -96,34 +95,17 @@ class EvaluationOptions:
     seed: int = 0
 
 
-def _summary(result, prefix=""):
-    cmc = np.asarray(result["cmc"], dtype=np.float64)
-    summary = {}
-    for rank in (1, 5, 10, 20):
-        if rank <= len(cmc):
-            summary[f"{prefix}rank{rank}"] = float(cmc[rank - 1])
-    summary[f"{prefix}mAP"] = float(result["mAP"])
-    summary[f"{prefix}mINP"] = float(result["mINP"])
+SUMMARY_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+
+
+def summarize_result(result):
+    summary = {key: float(result[key]) for key in SUMMARY_KEYS if key in result}
+    summary["num_valid_queries"] = int(result["num_valid_queries"])
+    if "per_trial" in result:
+        summary["num_trials"] = int(result["num_trials"])
+        summary["trials"] = [{key: float(trial[key]) for key in SUMMARY_KEYS}
+                             for trial in result["per_trial"]]
     return summary
-
-
-def _average(results):
-    length = min(len(result["cmc"]) for result in results)
-    return {"cmc": np.mean([np.asarray(r["cmc"][:length]) for r in results], axis=0),
-            "mAP": float(np.mean([r["mAP"] for r in results])),
-            "mINP": float(np.mean([r["mINP"] for r in results])),
-            "num_valid_queries": int(np.mean([r["num_valid_queries"] for r in results]))}
-
-
-def _distances(query, gallery, options):
-    distmat = pairwise_distance(query, gallery, metric=options.metric,
-                                normalize=options.normalize)
-    if options.use_re_ranking:
-        q_q = pairwise_distance(query, query, metric=options.metric, normalize=options.normalize)
-        g_g = pairwise_distance(gallery, gallery, metric=options.metric,
-                                normalize=options.normalize)
-        distmat = re_ranking(distmat, q_q, g_g)
-    return distmat
 
 
 def _arrays(dataframe):
@@ -133,45 +115,46 @@ def _arrays(dataframe):
 
 def evaluate_features(query_df, gallery_df, query_features, gallery_features, options,
                       gallery_trials=None):
-    """Metrics of extracted features under ``options.protocol``.
+    """Metrics of extracted features under ``options.protocol``
+    (:mod:`reid_tf.evaluation.protocols` does the work).
 
-    ``gallery_trials`` (SYSU-MM01, VehicleID): list of gallery row-position arrays, one per
-    trial; the metrics are averaged over them. Returns ``(summary, details)`` where ``summary``
-    holds ``rank1/5/10/20``, ``mAP``, ``mINP`` (fractions) and ``details`` the CMC curve, the
-    distance matrix of the first trial and the arrays needed to draw a rank list.
+    ``gallery_trials`` (SYSU-MM01): list of gallery row-position arrays into ``gallery_df``, one
+    per trial; the metrics are averaged over them. VehicleID trials are handled by the caller
+    (each trial has its own query set). Returns ``(summary, details)``: ``summary`` holds
+    ``rank1/5/10/20``, ``mAP``, ``mINP`` (fractions); ``details`` the CMC curve and what a rank
+    list needs (the plain distances of the first trial, without re-ranking).
     """
     q_pids, q_cams, q_paths = _arrays(query_df)
     g_pids, g_cams, g_paths = _arrays(gallery_df)
     protocol = options.protocol
-    remove_same_camera = protocol == "standard"
-    trials = gallery_trials if gallery_trials is not None else [np.arange(len(gallery_df))]
-    results, first = [], None
-    for trial in trials:
-        trial = np.asarray(trial, dtype=np.int64)
-        distmat = _distances(query_features, gallery_features[trial], options)
-        if protocol == "sysu_mm01":
-            result = sysu_mm01_cmc_map(distmat, q_pids, g_pids[trial], q_cams, g_cams[trial],
-                                       max_rank=min(options.max_rank, 20) if options.max_rank < 20
-                                       else 20)
-        else:
-            result = cmc_map(distmat, q_pids, g_pids[trial], q_cams, g_cams[trial],
-                             max_rank=options.max_rank, remove_same_camera=remove_same_camera)
-        results.append(result)
-        if first is None:
-            first = (trial, distmat)
-    averaged = _average(results) if len(results) > 1 else results[0]
-    summary = _summary(averaged)
+    trial = np.arange(len(gallery_df))
+    if protocol == "sysu_mm01":
+        trials = gallery_trials if gallery_trials is not None else [trial]
+        trial = np.asarray(trials[0], dtype=np.int64)
+        result = protocols.evaluate_sysu_mm01(query_features, q_pids, q_cams, gallery_features,
+                                              g_pids, g_cams, trials, max_rank=options.max_rank)
+        metric, normalize = "neg_dot", True
+    elif protocol == "regdb":
+        result = protocols.evaluate_regdb(query_features, gallery_features, q_pids, g_pids,
+                                          max_rank=options.max_rank)
+        metric, normalize = "neg_dot", True
+    else:
+        result = protocols.evaluate_standard(
+            query_features, gallery_features, q_pids, g_pids, q_cams, g_cams,
+            metric=options.metric, normalize=options.normalize,
+            re_ranking=options.use_re_ranking, max_rank=options.max_rank,
+            remove_same_camera=protocol == "standard")
+        metric, normalize = options.metric, options.normalize
+    summary = summarize_result(result)
     summary["num_query"] = int(len(query_df))
-    summary["num_gallery"] = int(len(first[0]))
-    summary["num_trials"] = len(results)
-    if len(results) > 1:
-        summary["trials"] = [_summary(result) for result in results]
-    trial, distmat = first
-    details = {"cmc": np.asarray(averaged["cmc"]), "distmat": distmat,
+    summary["num_gallery"] = int(len(trial))
+    distmat = pairwise_distance(query_features, gallery_features[trial], metric=metric,
+                                normalize=normalize)
+    details = {"cmc": np.asarray(result["cmc"]), "distmat": distmat,
                "q_pids": q_pids, "g_pids": g_pids[trial], "q_cams": q_cams,
                "g_cams": g_cams[trial], "q_paths": q_paths,
                "g_paths": [g_paths[i] for i in trial],
-               "remove_same_camera": remove_same_camera}
+               "remove_same_camera": protocol == "standard"}
     return summary, details
 
 

@@ -29,9 +29,12 @@ def model_family(backbone_model_name):
 def build_models(values, num_classes, cross_modality=False):
     """The :class:`ReIDModels` that the flags ``values`` describe, for ``num_classes`` ids.
 
-    Returns ``(models, feature_index)``: ``feature_index`` selects the inference output used as
-    the evaluation feature (``None``: all outputs concatenated; CM-NAS: 1, the post-BNNeck
-    feature its reference reports first).
+    Returns ``(models, feature_index, weight_targets)``: ``feature_index`` selects the
+    inference output used as the evaluation feature (``None``: all outputs concatenated;
+    CM-NAS: 1, the post-BNNeck feature its reference reports first); ``weight_targets`` are the
+    models (sharing their layers) that an ``.h5`` weights file may have been saved from, tried in
+    order when loading one: the training model, the family's plain training model (before the
+    flip wrapper; converted reference checkpoints have this layout) and the inference model.
     """
     input_shape = (values.image_height, values.image_width, 3)
     family = model_family(values.backbone_model_name)
@@ -49,7 +52,7 @@ def build_models(values, num_classes, cross_modality=False):
             beta_regularization_factor=values.beta_regularization_factor,
             use_horizontal_flipping_inside_model=flip,
             backbone_weights_file_path=values.backbone_weights_file_path)
-        return models, feature_index
+        return models, feature_index, [models.training_model, models.inference_model]
     if family == "msinet":
         from reid_tf.models import msinet
         sam = values.sam_mode != "none"
@@ -65,11 +68,13 @@ def build_models(values, num_classes, cross_modality=False):
         if values.backbone_weights_file_path:
             cmnas.load_imagenet_weights(models.training_model, values.backbone_weights_file_path)
         feature_index = 1
+    weight_targets = [models.training_model, models.inference_model]
     if flip:
         from reid_tf.models.flipping import build_training_model
         training_model = build_training_model(models.embedding_model, models.head_model, True)
         models = dataclasses.replace(models, training_model=training_model)
-    return models, feature_index
+        weight_targets.insert(0, training_model)
+    return models, feature_index, weight_targets
 
 
 __all__ = ["ReIDModels", "build_models", "model_family", "FLIPREID_BACKBONES"]

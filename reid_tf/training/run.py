@@ -17,13 +17,14 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 
 import reid_tf  # noqa: F401  (selects tf-keras)
 import tensorflow as tf
 import tf_keras as keras
 
 from reid_tf.data import dataset_protocol, load_dataset
-from reid_tf.evaluation.evaluator import (EvaluationOptions, FeatureExtractor,
+from reid_tf.evaluation.evaluator import (EvaluationOptions, FeatureExtractor, summarize_result,
                                           evaluate_features, select_test_subset,
                                           write_evaluation_outputs)
 from reid_tf.flags import validate_flags
@@ -138,31 +139,30 @@ class DatasetEvaluator:
         return summary
 
     def _vehicleid(self, query_features, gallery_features):
-        # All trials share the test images: index their features by path.
+        """VehicleID: every trial splits the same test images into query and gallery anew
+        (reid_tf.data.vehicleid); features are extracted once and indexed by path."""
+        from reid_tf.evaluation import protocols
         features = np.concatenate([query_features, gallery_features])
-        paths = self.query["image_file_path"].tolist() + self.gallery["image_file_path"].tolist()
-        index = {path: i for i, path in enumerate(paths)}
-        summaries, first_details = [], None
+        frame = pd.concat([self.query, self.gallery], ignore_index=True)
+        index = {path: i for i, path in enumerate(frame["image_file_path"])}
+        trials = []
         for trial in range(max(1, self.options.trial_num)):
-            frame = load_dataset(self.dataset_name, self.root_folder_path,
+            split = load_dataset(self.dataset_name, self.root_folder_path,
                                  test_size=self.values.vehicleid_test_size, trial_index=trial,
                                  seed=self.values.seed)
-            query = frame[frame["split"] == "query"].reset_index(drop=True)
-            gallery = frame[frame["split"] == "gallery"].reset_index(drop=True)
-            q_rows = [index[path] for path in query["image_file_path"]]
-            g_rows = [index[path] for path in gallery["image_file_path"]]
-            summary, details = evaluate_features(query, gallery, features[q_rows],
-                                                 features[g_rows], self.options)
-            summaries.append(summary)
-            first_details = first_details or details
-        averaged = {key: float(np.mean([s[key] for s in summaries]))
-                    for key in summaries[0] if isinstance(summaries[0][key], float)}
-        averaged.update({"num_query": summaries[0]["num_query"],
-                         "num_gallery": summaries[0]["num_gallery"],
-                         "num_trials": len(summaries)})
-        if len(summaries) > 1:
-            averaged["trials"] = summaries
-        return averaged, first_details
+            trials.append(tuple(
+                np.asarray([index[path] for path in split.loc[split["split"] == part,
+                                                              "image_file_path"]])
+                for part in ("query", "gallery")))
+        result = protocols.evaluate_vehicleid(features, frame["identity_ID"].to_numpy(), trials,
+                                              metric=self.options.metric,
+                                              normalize=self.options.normalize,
+                                              max_rank=self.options.max_rank)
+        summary, details = evaluate_features(self.query, self.gallery, query_features,
+                                             gallery_features, self.options)
+        summary.update(summarize_result(result))
+        details["cmc"] = np.asarray(result["cmc"])
+        return summary, details
 
 
 def print_metrics(summary, title):
@@ -175,13 +175,14 @@ def print_metrics(summary, title):
         print(f"[{title}, reverse direction] {text}", flush=True)
 
 
-def load_pretrained_weights(models, file_path):
-    """Load ``.h5`` weights into the training model, else into the inference model."""
+def load_pretrained_weights(weight_targets, file_path):
+    """Load ``.h5`` weights into the first of ``weight_targets`` (models sharing their layers:
+    training model, plain training model, inference model) whose layout fits the file."""
     file_path = os.path.expanduser(file_path)
     if not os.path.isfile(file_path):
         raise FileNotFoundError(f"--pretrained_model_file_path: no such file {file_path}.")
     errors = []
-    for model in (models.training_model, models.inference_model):
+    for model in weight_targets:
         try:
             model.load_weights(file_path)
             print(f"Loaded weights from {file_path} into {model.name}.")
@@ -189,11 +190,13 @@ def load_pretrained_weights(models, file_path):
         except (ValueError, KeyError, OSError) as error:
             errors.append(f"{model.name}: {error}")
     raise ValueError(f"--pretrained_model_file_path={file_path} does not fit this model "
-                     f"(backbone {models.training_model.name}): " + " | ".join(errors))
+                     f"({weight_targets[0].name}): " + " | ".join(errors))
 
 
-def save_weights(models, run_folder):
-    models.training_model.save_weights(os.path.join(run_folder, "training_model.h5"))
+def save_weights(models, weight_targets, run_folder):
+    """``training_model.h5`` in the family's plain training-model layout (the same with and
+    without the flip structure, which adds no weights) and ``inference_model.h5``."""
+    weight_targets[-2].save_weights(os.path.join(run_folder, "training_model.h5"))
     models.inference_model.save_weights(os.path.join(run_folder, "inference_model.h5"))
 
 
@@ -227,9 +230,10 @@ def run(values):
           f"{int((dataframe['split'] == 'gallery').sum())} gallery images.")
 
     from reid_tf.models.factory import build_models
-    models, feature_index = build_models(values, len(label_map), cross_modality=cross_modality)
+    models, feature_index, weight_targets = build_models(values, len(label_map),
+                                                         cross_modality=cross_modality)
     if values.pretrained_model_file_path:
-        load_pretrained_weights(models, values.pretrained_model_file_path)
+        load_pretrained_weights(weight_targets, values.pretrained_model_file_path)
 
     use_testing = values.testing_size != 0
     evaluator = None
@@ -296,7 +300,7 @@ def run(values):
         ema=ema, ema_reset_every_N_epochs=values.ema_reset_every_N_epochs,
         training_inputs=training_inputs, jit_compile=values.jit_compile)
     trainer.fit()
-    save_weights(models, run_folder)
+    save_weights(models, weight_targets, run_folder)
     if os.path.exists(trainer.history_path):
         from reid_tf.visualization import plot_history
         plot_history(trainer.history_path, os.path.join(run_folder, "history"))
