@@ -1,4 +1,4 @@
-"""WeightEMA: one update, convergence, reset, BN statistics, checkpointing (cmnas.md §6.6, §14.16)."""
+"""WeightEMA: one update, convergence, reset, BN statistics, checkpoints (cmnas.md §6.6)."""
 import reid_tf  # noqa: F401  (selects tf-keras)
 
 import numpy as np

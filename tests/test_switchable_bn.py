@@ -1,4 +1,4 @@
-"""SwitchableBatchNormalization / TorchBatchNormalization against numpy (cmnas.md §2, §14.5–8)."""
+"""SwitchableBatchNormalization and TorchBatchNormalization against numpy (cmnas.md §2, §14)."""
 import reid_tf  # noqa: F401  (selects tf-keras)
 
 import numpy as np

@@ -100,6 +100,7 @@ def switchable_bn_layout():
                                                f"layer{stage}.{block}.bn{k}",
                                                f"layer{stage}.{block}.bn{k}", channels, relu))
         in_channels = out_channels
+    assert len(layout) == NUM_SWITCHABLE_BN
     return layout
 
 
