@@ -315,10 +315,14 @@ class Trainer:
             if metrics:
                 row.update({key: value for key, value in metrics.items()
                             if isinstance(value, (int, float))})
+        final_epoch = phase_index == len(self.phases) - 1 and epoch + 1 == phase.epochs
         reset = (self.ema is not None and self.ema_reset_every_N_epochs > 0
-                 and (epoch + 1) % self.ema_reset_every_N_epochs == 0)
+                 and (epoch + 1) % self.ema_reset_every_N_epochs == 0 and not final_epoch)
         # CM-NAS pulls the live weights back to the EMA shadow after evaluating; the
-        # checkpoint then holds what training continues from (and the shadow itself).
+        # checkpoint then holds what training continues from (and the shadow itself). After
+        # the final epoch nothing trains on: the run keeps (and saves) the live weights it just
+        # evaluated, which is what the reference's final checkpoint holds and its test
+        # launchers evaluate (cmnas.md §6.6).
         if reset:
             self.ema.copy_shadow_to_model()
         self._save_checkpoint(phase_index, epoch + 1)
