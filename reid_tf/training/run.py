@@ -6,7 +6,9 @@ resumes from its checkpoint; ``--overwrite_output_folder`` starts afresh.
 
 Files written there: ``checkpoint/`` (resumable state), ``training_model.h5`` and
 ``inference_model.h5`` (weights), ``evaluation.json`` (the last evaluation: ``rank1``,
-``rank5``, ``rank10``, ``mAP``, ``mINP`` as fractions), ``cmc_curve.png``, ``rank_list.png``,
+``rank5``, ``rank10``, ``mAP``, ``mINP`` as fractions; RegDB adds ``reverse_direction``,
+CM-NAS adds ``pre_bnneck`` with the same metrics for the pre-BNNeck features),
+``cmc_curve.png``, ``rank_list.png``,
 ``history.csv`` (+ one PNG per column), ``tensorboard/``, ``test.npz`` with
 ``--save_data_to_disk`` and the exports of ``--export_formats``.
 """
@@ -61,6 +63,15 @@ def protocol_options(values, protocol, for_training=True):
     return {}
 
 
+def secondary_features(values):
+    """Inference outputs reported next to the main evaluation feature: CM-NAS's pre-BNNeck
+    ``global_feat`` (output 0; its reference prints it as the second line, cmnas.md §9.1)."""
+    from reid_tf.models.factory import model_family
+    if model_family(values.backbone_model_name) == "cmnas":
+        return {"pre_bnneck": 0}
+    return {}
+
+
 def run_folder_path(values):
     return os.path.abspath(os.path.join(os.path.expanduser(values.output_folder_path),
                                         f"{values.dataset_name}_{values.backbone_model_name}"))
@@ -70,13 +81,21 @@ class DatasetEvaluator:
     """Evaluates an inference model on one dataset's test protocol and writes the outputs."""
 
     def __init__(self, values, dataset_name, root_folder_path, dataframe, output_folder,
-                 feature_index=None, testing_size=1.0):
+                 feature_index=None, testing_size=1.0, secondary_features=None):
+        """``feature_index`` selects the inference output that gives the reported metrics
+        (``None``: all outputs concatenated). ``secondary_features`` maps an entry name to
+        another output index (CM-NAS: ``{"pre_bnneck": 0}``); each is evaluated on the same
+        extraction and stored in the summary under its name (a dict of the same metrics)."""
         self.values = values
         self.dataset_name = dataset_name
         self.root_folder_path = root_folder_path
         self.protocol = dataset_protocol(dataset_name)
         self.output_folder = output_folder
         self.feature_index = feature_index
+        self.secondary_features = dict(secondary_features or {})
+        if self.secondary_features and feature_index is None:
+            raise ValueError("DatasetEvaluator: secondary_features need a feature_index for the "
+                             "main entry.")
         query = dataframe[dataframe["split"] == "query"].reset_index(drop=True)
         gallery = dataframe[dataframe["split"] == "gallery"].reset_index(drop=True)
         if self.protocol == "standard" and testing_size not in (0, 1):
@@ -97,10 +116,39 @@ class DatasetEvaluator:
         values = self.values
         batch_size = values.test_batch_size or (values.identity_num_per_batch
                                                 * values.image_num_per_identity)
+        # With secondary features every output is extracted in one pass (concatenated) and
+        # cut into the outputs' columns afterwards.
         return FeatureExtractor(inference_model, values.image_height, values.image_width,
                                 batch_size=batch_size,
                                 flip=values.use_horizontal_flipping_in_evaluation,
-                                feature_index=self.feature_index)
+                                feature_index=None if self.secondary_features
+                                else self.feature_index)
+
+    @staticmethod
+    def _output_columns(inference_model):
+        """Column slices of each inference output inside the concatenated features."""
+        widths = [int(output.shape[-1]) for output in inference_model.outputs]
+        bounds = np.cumsum([0] + widths)
+        return [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(len(widths))]
+
+    def _metrics(self, query_features, gallery_features):
+        """``(summary, details)`` of one feature type under the dataset's protocol."""
+        if self.protocol == "sysu_mm01":
+            from reid_tf.data.sysu_mm01 import sample_gallery
+            trials = [sample_gallery(self.gallery, trial, shot=self.values.sysu_shot)
+                      for trial in range(self.options.trial_num)]
+            return evaluate_features(self.query, self.gallery, query_features,
+                                     gallery_features, self.options, trials)
+        if self.protocol == "vehicleid":
+            return self._vehicleid(query_features, gallery_features)
+        summary, details = evaluate_features(self.query, self.gallery, query_features,
+                                             gallery_features, self.options)
+        if self.protocol == "regdb":
+            # The other search direction on the same two test sets.
+            reverse, _ = evaluate_features(self.gallery, self.query, gallery_features,
+                                           query_features, self.options)
+            summary["reverse_direction"] = reverse
+        return summary, details
 
     def __call__(self, inference_model, tag="evaluation", write=True):
         started = time.time()
@@ -110,24 +158,16 @@ class DatasetEvaluator:
         seconds = time.time() - started
         print(f"Speed of feature extraction: "
               f"{(len(self.query) + len(self.gallery)) / max(seconds, 1e-9):.1f} images per second.")
-        extra = {}
-        if self.protocol == "sysu_mm01":
-            from reid_tf.data.sysu_mm01 import sample_gallery
-            trials = [sample_gallery(self.gallery, trial, shot=self.values.sysu_shot)
-                      for trial in range(self.options.trial_num)]
-            summary, details = evaluate_features(self.query, self.gallery, query_features,
-                                                 gallery_features, self.options, trials)
-        elif self.protocol == "vehicleid":
-            summary, details = self._vehicleid(query_features, gallery_features)
-        else:
-            summary, details = evaluate_features(self.query, self.gallery, query_features,
-                                                 gallery_features, self.options)
-            if self.protocol == "regdb":
-                # The other search direction on the same two test sets.
-                reverse, _ = evaluate_features(self.gallery, self.query, gallery_features,
-                                               query_features, self.options)
-                extra["reverse_direction"] = reverse
-        summary.update(extra)
+        secondary = {}
+        if self.secondary_features:
+            columns = self._output_columns(inference_model)
+            for name, index in self.secondary_features.items():
+                secondary[name], _ = self._metrics(query_features[:, columns[index]],
+                                                   gallery_features[:, columns[index]])
+            query_features = query_features[:, columns[self.feature_index]]
+            gallery_features = gallery_features[:, columns[self.feature_index]]
+        summary, details = self._metrics(query_features, gallery_features)
+        summary.update(secondary)
         summary["dataset_name"] = self.dataset_name
         summary["protocol"] = self.protocol
         if write:
@@ -173,6 +213,9 @@ def print_metrics(summary, title):
     if reverse:
         text = ", ".join(f"{key} {100 * reverse[key]:.2f}%" for key in keys if key in reverse)
         print(f"[{title}, reverse direction] {text}", flush=True)
+    for name, entry in summary.items():
+        if isinstance(entry, dict) and name != "reverse_direction" and "rank1" in entry:
+            print_metrics(entry, f"{title}, {name.replace('_', '-')} features")
 
 
 def load_pretrained_weights(weight_targets, file_path):
@@ -239,7 +282,8 @@ def run(values):
     evaluator = None
     if use_testing:
         evaluator = DatasetEvaluator(values, values.dataset_name, values.root_folder_path,
-                                     dataframe, run_folder, feature_index, values.testing_size)
+                                     dataframe, run_folder, feature_index, values.testing_size,
+                                     secondary_features=secondary_features(values))
 
     results = {}
     if values.evaluation_only:
@@ -313,7 +357,8 @@ def run(values):
                                     **protocol_options(values, target_protocol))
         target_evaluator = DatasetEvaluator(values, values.target_dataset_name, target_root,
                                             target_frame, os.path.join(run_folder, "target"),
-                                            feature_index)
+                                            feature_index,
+                                            secondary_features=secondary_features(values))
         results["target"] = target_evaluator(models.inference_model, "target")
     export_models(models, run_folder, values.export_formats)
     if "untrained" in results and "trained" in results:
