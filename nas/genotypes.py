@@ -1,0 +1,150 @@
+"""Genotypes of the MSI search space: derivation from α, JSON files, α history and its heatmap.
+
+* :func:`derive_genotype` — ``argmax`` of every row of α (the first index wins a tie, as
+  ``torch.argmax``/``numpy.argmax``) → ``PRIMITIVES[index]`` (msinet.md §5);
+* :func:`write_genotype` — validates and writes the JSON list through
+  :func:`reid_tf.models.genotypes.save_genotype`, the format ``solution.py
+  --backbone_model_name msinet --genotype_file_path <file>`` reads;
+* :class:`AlphaHistory` — α and ``softmax(α)`` at every logged epoch, kept in
+  ``alpha_history.npz`` (arrays ``epochs (T,)``, ``alpha (T, 12, 4)``, ``weights (T, 12, 4)``,
+  ``primitives (4,)``);
+* :func:`plot_alpha_history` — a heatmap PNG (matplotlib Agg) of ``softmax(α)`` over the logged
+  epochs: one line per (interaction point, operation), 48 lines.
+"""
+import os
+
+import numpy as np
+
+from reid_tf.models.genotypes import GENOTYPE_LENGTH, save_genotype, validate_genotype
+from reid_tf.models.msinet_ops import PRIMITIVES
+
+
+def _alpha_array(alpha):
+    alpha = np.asarray(alpha.numpy() if hasattr(alpha, "numpy") else alpha, dtype=np.float64)
+    if alpha.shape != (GENOTYPE_LENGTH, len(PRIMITIVES)):
+        raise ValueError(f"α must have shape ({GENOTYPE_LENGTH}, {len(PRIMITIVES)}) (one row per "
+                         f"interaction point, one column per operation of {PRIMITIVES}), got "
+                         f"{alpha.shape}.")
+    if not np.all(np.isfinite(alpha)):
+        raise ValueError("α holds non-finite values; the search diverged.")
+    return alpha
+
+
+def derive_genotype(alpha):
+    """The 12 operation names of the argmax of each α row (first index wins ties).
+
+    Args:
+      alpha: array-like or ``tf.Variable`` of shape ``(12, 4)`` (columns in ``PRIMITIVES``
+        order ``none, ag, cross_att, exc``). ``softmax(α)`` gives the same result.
+
+    Returns:
+      A validated list of 12 names, in the genotype order of msinet.md §4.1.
+    """
+    alpha = _alpha_array(alpha)
+    genotype = [PRIMITIVES[int(index)] for index in np.argmax(alpha, axis=1)]
+    return validate_genotype(genotype, source="derived genotype")
+
+
+def write_genotype(genotype, file_path):
+    """Validate ``genotype`` and write it as a JSON list (``reid_tf.models.genotypes``)."""
+    save_genotype(genotype, file_path)
+    return file_path
+
+
+def softmax_rows(alpha):
+    """Row-wise softmax in float64 (numerically stable)."""
+    alpha = np.asarray(alpha, dtype=np.float64)
+    shifted = np.exp(alpha - alpha.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+class AlphaHistory:
+    """α and ``softmax(α)`` per logged epoch, stored in an ``.npz`` file.
+
+    ``epochs[i]`` is the number of completed epochs when entry ``i`` was logged. Logging the
+    same epoch again replaces the entry (a resumed search logs the epoch it resumes at again).
+    """
+
+    def __init__(self, file_path):
+        self.file_path = file_path
+        self.epochs, self.alpha = [], []
+        if os.path.isfile(file_path):
+            with np.load(file_path) as content:
+                self.epochs = [int(epoch) for epoch in content["epochs"]]
+                self.alpha = [np.asarray(row, np.float32) for row in content["alpha"]]
+
+    def truncate(self, last_epoch):
+        """Drop entries logged after ``last_epoch`` completed epochs (resuming)."""
+        keep = [i for i, epoch in enumerate(self.epochs) if epoch <= last_epoch]
+        self.epochs = [self.epochs[i] for i in keep]
+        self.alpha = [self.alpha[i] for i in keep]
+
+    def log(self, epoch, alpha):
+        """Record α after ``epoch`` completed epochs and rewrite the file."""
+        alpha = _alpha_array(alpha).astype(np.float32)
+        if epoch in self.epochs:
+            index = self.epochs.index(epoch)
+            self.alpha[index] = alpha
+        else:
+            self.epochs.append(int(epoch))
+            self.alpha.append(alpha)
+            order = np.argsort(self.epochs, kind="stable")
+            self.epochs = [self.epochs[i] for i in order]
+            self.alpha = [self.alpha[i] for i in order]
+        self.save()
+
+    def arrays(self):
+        """``{"epochs", "alpha", "weights", "primitives"}`` as numpy arrays."""
+        alpha = np.stack(self.alpha) if self.alpha else np.zeros(
+            (0, GENOTYPE_LENGTH, len(PRIMITIVES)), np.float32)
+        return {"epochs": np.asarray(self.epochs, np.int64), "alpha": alpha,
+                "weights": softmax_rows(alpha).astype(np.float32),
+                "primitives": np.asarray(PRIMITIVES)}
+
+    def save(self):
+        directory = os.path.dirname(os.path.abspath(self.file_path))
+        os.makedirs(directory, exist_ok=True)
+        temporary = f"{self.file_path}.tmp.npz"
+        np.savez(temporary, **self.arrays())
+        os.replace(temporary, self.file_path)
+
+
+def plot_alpha_history(history, file_path, title="softmax(α) during the search"):
+    """Heatmap of ``softmax(α)`` (rows: interaction point × operation; columns: logged epochs).
+
+    Args:
+      history: an :class:`AlphaHistory` or its :meth:`AlphaHistory.arrays` dict.
+      file_path: the PNG to write.
+
+    Returns ``file_path`` (nothing is drawn for an empty history; returns ``None`` then).
+    """
+    arrays = history.arrays() if isinstance(history, AlphaHistory) else history
+    weights, epochs = np.asarray(arrays["weights"]), np.asarray(arrays["epochs"])
+    if len(epochs) == 0:
+        return None
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    steps, rows, ops = weights.shape
+    matrix = weights.transpose(1, 2, 0).reshape(rows * ops, steps)
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.25 * steps + 3.0), 12), dpi=100)
+    image = axis.imshow(matrix, aspect="auto", interpolation="nearest", cmap="viridis",
+                        vmin=0.0, vmax=max(1e-6, float(matrix.max())))
+    labels = [f"g[{row}] {PRIMITIVES[op]}" for row in range(rows) for op in range(ops)]
+    axis.set_yticks(np.arange(rows * ops))
+    axis.set_yticklabels(labels, fontsize=6)
+    for boundary in range(1, rows):
+        axis.axhline(boundary * ops - 0.5, color="white", linewidth=0.8)
+    tick_step = max(1, steps // 20)
+    ticks = np.arange(0, steps, tick_step)
+    axis.set_xticks(ticks)
+    axis.set_xticklabels([str(int(epochs[i])) for i in ticks], fontsize=7)
+    axis.set_xlabel("completed epochs")
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis, fraction=0.03, pad=0.02)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(file_path)), exist_ok=True)
+    figure.savefig(file_path)
+    plt.close(figure)
+    return file_path

@@ -1,0 +1,176 @@
+"""``python -m nas.search``: differentiable architecture search (MSINet's MSI space with TCM).
+
+    python -m nas.search --flagfile=configs/nas/msmt17.flags --root_folder_path=/data
+    python -m nas.search --flagfile=configs/nas/synthetic_quick.flags      # a few minutes, CPU
+    python -m nas.search --helpfull
+
+The dataset and batch flags are those of ``solution.py`` (``reid_tf.flags.define_data_flags``:
+``dataset_name``, ``root_folder_path``, ``image_height``, ``image_width``,
+``identity_num_per_batch``, ``image_num_per_identity``, ``steps_per_epoch``, ``epoch_num``,
+``output_folder_path``, ``workers``, ``seed``, ``deterministic``, ``cache_images``,
+``strategy``, ``mixed_precision``, ``jit_compile``), with the reference search's defaults
+(MSMT17, 256×128, 16 × 4, one sampler pass per epoch, 350 epochs). The search's own flags
+follow the reference ``search.py`` (msinet.md §9.1a):
+
+=============================  ==================  ============================================
+flag                           default             reference
+=============================  ==================  ============================================
+``search_space``               ``msi``             (``bn_split`` comes later)
+``search_learning_rate``       0.025               ``--lr``
+``search_momentum``            0.9                 ``--momentum``
+``search_weight_decay``        5e-4                ``--weight-decay``
+``search_milestones``          150,225,300         ``--milestones``
+``search_warmup_epochs``       10                  ``--warmup-step`` (from factor 0.01)
+``arch_learning_rate``         0.002               ``--arch-lr``
+``arch_weight_decay``          1e-3                ``--arch-weight-decay``
+``arch_milestones``            150,225,350         (hard-coded MultiStepLR)
+``genotype_interval``          5                   ``--geno-interval``
+``evaluation_interval``        40                  ``--eval-interval``
+``search_test_batch_size``     128                 ``--test-batch-size``
+``clean_bilevel``              False               (new: no accumulated validation gradient,
+                                                   no skipped first iteration)
+``unrolled``                   False               (new: second-order DARTS gradient)
+``save_genotype_to``           ""                  (new: publish, e.g. configs/genotypes/X.json)
+=============================  ==================  ============================================
+
+The run folder is ``<output_folder_path>/<dataset_name>_search``; running the same command
+again resumes from its checkpoint (see :mod:`nas.searcher` for the files written there).
+"""
+import os
+import sys
+
+import reid_tf  # noqa: F401  (selects tf-keras before TensorFlow is imported)
+from absl import app, flags
+
+from reid_tf.flags import define_data_flags
+
+FLAGS = flags.FLAGS
+
+# The reference search command's values of the shared data flags (msinet.md §6.3, §9.1a).
+SHARED_FLAG_DEFAULTS = {
+    "dataset_name": "MSMT17",
+    "image_height": 256,
+    "image_width": 128,
+    "identity_num_per_batch": 16,
+    "image_num_per_identity": 4,
+    "steps_per_epoch": 0,
+    "epoch_num": 350,
+    "workers": 4,
+}
+
+
+def _milestones(text, flag_name):
+    from reid_tf.training.schedules import parse_milestones
+    try:
+        return parse_milestones(text)
+    except ValueError:
+        raise flags.ValidationError(f"--{flag_name}={text!r}: expected comma-separated "
+                                    "integers, e.g. 150,225,300.") from None
+
+
+def define_search_flags():
+    """Define the flags of ``python -m nas.search`` on the global ``FLAGS``.
+
+    Calls :func:`reid_tf.flags.define_data_flags` (shared with ``solution.py``) and sets the
+    reference search defaults of those shared flags, then defines the search's own flags
+    (names that ``solution.py`` does not use, so one process may define both).
+    """
+    define_data_flags()
+    for name, value in SHARED_FLAG_DEFAULTS.items():
+        FLAGS.set_default(name, value)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    FLAGS.set_default("output_folder_path", os.path.join(here, "output"))
+    flags.DEFINE_string("search_space", "msi", "Search space: msi (MSINet's interactions).")
+    flags.DEFINE_float("search_learning_rate", 0.025, "Weights: SGD learning rate.")
+    flags.DEFINE_float("search_momentum", 0.9, "Weights: SGD momentum.")
+    flags.DEFINE_float("search_weight_decay", 5e-4,
+                       "Weights: coupled L2 weight decay on every trainable weight.")
+    flags.DEFINE_string("search_milestones", "150,225,300",
+                        "Weights: epochs where the learning rate is multiplied by 0.1.")
+    flags.DEFINE_integer("search_warmup_epochs", 10,
+                         "Weights: linear warm-up epochs (from --search_warmup_factor).")
+    flags.DEFINE_float("search_warmup_factor", 0.01, "Weights: warm-up starting factor.")
+    flags.DEFINE_float("arch_learning_rate", 0.002, "α: Adam learning rate.")
+    flags.DEFINE_float("arch_weight_decay", 1e-3, "α: coupled L2 weight decay (Adam).")
+    flags.DEFINE_float("arch_beta_1", 0.5, "α: Adam beta 1.")
+    flags.DEFINE_float("arch_beta_2", 0.999, "α: Adam beta 2.")
+    flags.DEFINE_string("arch_milestones", "150,225,350",
+                        "α: epochs where the learning rate is multiplied by 0.1.")
+    flags.DEFINE_integer("genotype_interval", 5,
+                         "Write genotype.json and log α when (epoch+1) % N == 0 (and at the "
+                         "last epoch).")
+    flags.DEFINE_integer("evaluation_interval", 40,
+                         "Evaluate the search network when (epoch+1) % N == 0 and at the last "
+                         "epoch; 0: never.")
+    flags.DEFINE_integer("search_test_batch_size", 128, "Test batch size of the evaluation.")
+    flags.DEFINE_bool("clean_bilevel", False,
+                      "Clean bilevel updates: architecture step on every iteration, weight "
+                      "update without the validation gradient (default: the reference's).")
+    flags.DEFINE_bool("unrolled", False,
+                      "Second-order (unrolled DARTS) architecture gradient.")
+    flags.DEFINE_string("save_genotype_to", "",
+                        "Also write the final genotype here (e.g. configs/genotypes/NAME.json).")
+    flags.DEFINE_bool("print_config_only", False,
+                      "Print the resolved search configuration and exit.")
+
+
+def config_from_flags(values):
+    """A :class:`nas.searcher.SearchConfig` from parsed flag values (validated)."""
+    from nas.searcher import SearchConfig
+    if values.strategy != "default":
+        raise flags.ValidationError(f"--strategy={values.strategy!r}: the search runs on one "
+                                    "device; use --strategy=default.")
+    config = SearchConfig(
+        dataset_name=values.dataset_name, root_folder_path=values.root_folder_path,
+        image_height=values.image_height, image_width=values.image_width,
+        identity_num_per_batch=values.identity_num_per_batch,
+        image_num_per_identity=values.image_num_per_identity,
+        steps_per_epoch=values.steps_per_epoch, epoch_num=values.epoch_num,
+        output_folder_path=values.output_folder_path, workers=values.workers,
+        seed=values.seed, deterministic=values.deterministic,
+        cache_images=values.cache_images, jit_compile=values.jit_compile,
+        mixed_precision=values.mixed_precision, search_space=values.search_space,
+        learning_rate=values.search_learning_rate, momentum=values.search_momentum,
+        weight_decay=values.search_weight_decay,
+        milestones=_milestones(values.search_milestones, "search_milestones"),
+        warmup_epochs=values.search_warmup_epochs, warmup_factor=values.search_warmup_factor,
+        arch_learning_rate=values.arch_learning_rate,
+        arch_weight_decay=values.arch_weight_decay, arch_beta_1=values.arch_beta_1,
+        arch_beta_2=values.arch_beta_2,
+        arch_milestones=_milestones(values.arch_milestones, "arch_milestones"),
+        genotype_interval=values.genotype_interval,
+        evaluation_interval=values.evaluation_interval,
+        test_batch_size=values.search_test_batch_size, clean_bilevel=values.clean_bilevel,
+        unrolled=values.unrolled, save_genotype_to=values.save_genotype_to)
+    try:
+        config.validate()
+    except ValueError as error:
+        raise flags.ValidationError(str(error)) from None
+    return config
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
+    config = config_from_flags(FLAGS)
+    if FLAGS.print_config_only:
+        from dataclasses import asdict
+        for name, value in asdict(config).items():
+            print(f"{name} {value}")
+        return
+    from reid_tf.training.run import print_flags
+    from nas.searcher import Searcher
+    print_flags(FLAGS)
+    searcher = Searcher(config)
+    result = searcher.search()
+    print(f"Search finished; result in {searcher.folder}: {result}", flush=True)
+
+
+def run_cli(argv=None):
+    """Entry point: define the flags and run :func:`main` under absl."""
+    define_search_flags()
+    app.run(main, argv=argv if argv is not None else sys.argv)
+
+
+if __name__ == "__main__":
+    run_cli()
