@@ -21,6 +21,7 @@ DISTANCE_METRICS = ("cosine", "euclidean", "sqeuclidean")
 EXPORT_FORMATS = ("h5", "savedmodel", "onnx")
 MIXED_PRECISION = ("", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+CMNAS_DEFAULT_CONFIG = "configs/cmnas/all_share.cfg"
 
 
 def _define_once(definer, name, *args, **kwargs):
@@ -120,8 +121,11 @@ def define_flags():
                         "Nothing is downloaded; empty: random initialisation.")
     flags.DEFINE_string("genotype_file_path", "configs/genotypes/msmt.json",
                         "MSINet genotype (JSON list of 12 operation names).")
-    flags.DEFINE_string("cmnas_config_file_path", "configs/cmnas/all_share.cfg",
-                        "CM-NAS BN config: one line of 53 values, 0 split / 1 share.")
+    flags.DEFINE_string("cmnas_config_file_path", CMNAS_DEFAULT_CONFIG,
+                        "Switchable-BN config: one line of values, 0 split / 1 share; 53 for "
+                        "cmnas_resnet50. Given with msinet on visible-infrared data, 80 values "
+                        "(MSINet's BNs, configs/cmnas/README.md) make every MSINet BN "
+                        "switchable.")
     flags.DEFINE_string("target_dataset_name", "",
                         "Second dataset evaluated after training (cross-domain).")
     flags.DEFINE_string("target_root_folder_path", "",

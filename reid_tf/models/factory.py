@@ -3,8 +3,9 @@
 * ``resnet50``, ``ibn_resnet50``, ``resnesta50`` (and the other tf2cv depths): FlipReID
   (:func:`reid_tf.models.flipreid.build_flipreid`);
 * ``msinet``: MSINet with ``--genotype_file_path`` (:mod:`reid_tf.models.msinet`), optionally
-  with SAM (``--sam_mode``) and switchable BNs (``--cmnas_config_file_path`` on visible-infrared
-  data);
+  with SAM (``--sam_mode``) and, when ``--cmnas_config_file_path`` is given on visible-infrared
+  data, with a switchable BN in place of every BN (an 80-value MSINet config, see
+  ``configs/cmnas/README.md``; the models then take ``[images, mode]`` like CM-NAS);
 * ``cmnas_resnet50``: CM-NAS's two-stream ResNet-50 with ``--cmnas_config_file_path``.
 
 Whatever the family, ``--use_horizontal_flipping_inside_model`` wraps the family's embedding
@@ -15,6 +16,41 @@ import dataclasses
 from reid_tf.models.base import ReIDModels
 
 FLIPREID_BACKBONES = ("resnet50", "ibn_resnet50", "resnesta50")
+
+
+def flag_given(values, name, default=None):
+    """Whether flag ``name`` was set (command line, flagfile or assignment) rather than left at
+    its default. ``values`` is absl ``FlagValues``; for a plain namespace, whether the value is
+    non-empty and differs from ``default``."""
+    try:
+        return not values[name].using_default_value
+    except (TypeError, KeyError, AttributeError):
+        value = getattr(values, name, None)
+        return bool(value) and value != default
+
+
+def msinet_bn_config(values, cross_modality):
+    """The switchable-BN config of an MSINet run, or None for the plain network.
+
+    ``--cmnas_config_file_path`` set explicitly on visible-infrared data selects the switchable
+    form; set on single-modality data it is an error (mode 0 would treat the halves of a PK
+    batch as two modalities).
+    """
+    from reid_tf.flags import CMNAS_DEFAULT_CONFIG
+    if not values.cmnas_config_file_path or not flag_given(values, "cmnas_config_file_path",
+                                                            CMNAS_DEFAULT_CONFIG):
+        return None
+    if not cross_modality:
+        raise ValueError(f"--cmnas_config_file_path={values.cmnas_config_file_path} with "
+                         f"--backbone_model_name msinet builds the switchable (visible-infrared) "
+                         f"MSINet, which needs a visible-infrared dataset (SYSU_MM01, RegDB, "
+                         f"Synthetic_SYSU, Synthetic_RegDB); --dataset_name "
+                         f"{getattr(values, 'dataset_name', '?')} is not one.")
+    if values.use_horizontal_flipping_inside_model:
+        raise ValueError("--use_horizontal_flipping_inside_model is not available for the "
+                         "switchable MSINet (--cmnas_config_file_path): its head BNs need the "
+                         "mode input, which the flip structure's head call does not pass.")
+    return values.cmnas_config_file_path
 
 
 def model_family(backbone_model_name):
@@ -57,7 +93,8 @@ def build_models(values, num_classes, cross_modality=False):
         from reid_tf.models import msinet
         sam = values.sam_mode != "none"
         models = msinet.build_msinet_models(values.genotype_file_path, num_classes,
-                                            input_shape=input_shape, sam=sam)
+                                            input_shape=input_shape, sam=sam,
+                                            bn_config=msinet_bn_config(values, cross_modality))
         if values.backbone_weights_file_path:
             raise ValueError("--backbone_weights_file_path is not used by msinet; load converted "
                              "reference weights with --pretrained_model_file_path.")
@@ -77,4 +114,5 @@ def build_models(values, num_classes, cross_modality=False):
     return models, feature_index, weight_targets
 
 
-__all__ = ["ReIDModels", "build_models", "model_family", "FLIPREID_BACKBONES"]
+__all__ = ["ReIDModels", "build_models", "model_family", "flag_given", "msinet_bn_config",
+           "FLIPREID_BACKBONES"]
