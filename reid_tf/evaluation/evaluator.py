@@ -54,7 +54,10 @@ class FeatureExtractor:
         from reid_tf.data.pipeline import make_test_dataset
         dataset = make_test_dataset(dataframe, self.height, self.width, self.batch_size,
                                     flip=flip)
-        mode = tf.constant(mode, tf.int32)
+        # A Python int: one trace per mode in which every switchable BN takes its branch
+        # statically. (A mode tensor makes each BN trace all three branches, and the mixed
+        # one rejects an odd batch such as the last, partial one.)
+        mode = int(mode)
         chunks = [self._predict(images, mode).numpy() for images in dataset]
         if not chunks:
             return np.zeros((0, 0), np.float32)
