@@ -36,6 +36,7 @@ flag                           default             reference
 The run folder is ``<output_folder_path>/<dataset_name>_search``; running the same command
 again resumes from its checkpoint (see :mod:`nas.searcher` for the files written there).
 """
+import dataclasses
 import os
 import sys
 
@@ -45,6 +46,123 @@ from absl import app, flags
 from reid_tf.flags import define_data_flags
 
 FLAGS = flags.FLAGS
+
+# Search spaces (each registered in nas.searcher with register_search_space).
+SEARCH_SPACE_NAMES = ("msi",)
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class SearchConfig:
+    """Every setting of a search (``python -m nas.search`` builds one from its flags).
+
+    Defaults reproduce the reference search command (msinet.md §6.3, §9.1a): MSMT17, 256×128,
+    16 × 4 batches, 350 epochs; weights: SGD lr 0.025, momentum 0.9, weight decay 5e-4, warm-up
+    10 epochs from 0.01, milestones 150/225/300, γ 0.1; α: Adam lr 0.002, betas (0.5, 0.999),
+    eps 1e-8, weight decay 1e-3, milestones 150/225/350; genotype interval 5, evaluation
+    interval 40, test batch 128, seed 0.
+    """
+
+    dataset_name: str = "MSMT17"
+    root_folder_path: str = ""
+    dataset_options: dict = dataclasses.field(default_factory=dict)
+    image_height: int = 256
+    image_width: int = 128
+    identity_num_per_batch: int = 16
+    image_num_per_identity: int = 4
+    steps_per_epoch: int = 0
+    epoch_num: int = 350
+    output_folder_path: str = "output"
+    run_folder_path: str = ""
+    workers: int = 4
+    seed: int = 0
+    deterministic: bool = False
+    cache_images: bool = False
+    jit_compile: bool = False
+    search_space: str = "msi"
+    learning_rate: float = 0.025
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple = (150, 225, 300)
+    warmup_epochs: int = 10
+    warmup_factor: float = 0.01
+    gamma: float = 0.1
+    arch_learning_rate: float = 0.002
+    arch_weight_decay: float = 1e-3
+    arch_beta_1: float = 0.5
+    arch_beta_2: float = 0.999
+    arch_epsilon: float = 1e-8
+    arch_milestones: tuple = (150, 225, 350)
+    arch_gamma: float = 0.1
+    genotype_interval: int = 5
+    evaluation_interval: int = 40
+    test_batch_size: int = 128
+    clean_bilevel: bool = False
+    unrolled: bool = False
+    save_genotype_to: str = ""
+    verbose: int = 1
+    mixed_precision: str = ""
+
+    def validate(self):
+        """Raise ``ValueError`` naming the flag of the first bad value."""
+        def check(condition, message):
+            if not condition:
+                raise ValueError(message)
+
+        check(self.search_space in SEARCH_SPACE_NAMES,
+              f"--search_space={self.search_space!r}: expected one of "
+              f"{', '.join(SEARCH_SPACE_NAMES)}.")
+        check(self.image_height >= 16 and self.image_width >= 16,
+              f"--image_height={self.image_height} / --image_width={self.image_width}: the "
+              "search network needs at least 16x16 inputs.")
+        check(self.identity_num_per_batch >= 1,
+              f"--identity_num_per_batch={self.identity_num_per_batch}: must be >= 1.")
+        check(self.image_num_per_identity >= 1,
+              f"--image_num_per_identity={self.image_num_per_identity}: must be >= 1.")
+        check(self.steps_per_epoch >= 0, f"--steps_per_epoch={self.steps_per_epoch}: must be "
+                                         ">= 0 (0: one pass of the train sampler).")
+        check(self.epoch_num >= 0, f"--epoch_num={self.epoch_num}: must be >= 0.")
+        check(self.workers >= 1, f"--workers={self.workers}: must be >= 1.")
+        check(self.seed >= 0, f"--seed={self.seed}: must be >= 0.")
+        check(self.learning_rate > 0, f"--search_learning_rate={self.learning_rate}: must be > 0.")
+        check(self.arch_learning_rate > 0,
+              f"--arch_learning_rate={self.arch_learning_rate}: must be > 0.")
+        check(0 <= self.momentum < 1, f"--search_momentum={self.momentum}: must be in [0, 1).")
+        check(self.weight_decay >= 0, f"--search_weight_decay={self.weight_decay}: must be >= 0.")
+        check(self.arch_weight_decay >= 0,
+              f"--arch_weight_decay={self.arch_weight_decay}: must be >= 0.")
+        check(0 <= self.arch_beta_1 < 1 and 0 <= self.arch_beta_2 < 1,
+              f"--arch_beta_1={self.arch_beta_1} / --arch_beta_2={self.arch_beta_2}: must be in "
+              "[0, 1).")
+        check(self.arch_epsilon > 0, f"--arch_epsilon={self.arch_epsilon}: must be > 0.")
+        check(self.warmup_epochs >= 0, f"--search_warmup_epochs={self.warmup_epochs}: must be "
+                                       ">= 0.")
+        check(self.genotype_interval >= 1,
+              f"--genotype_interval={self.genotype_interval}: must be >= 1.")
+        check(self.evaluation_interval >= 0,
+              f"--evaluation_interval={self.evaluation_interval}: must be >= 0 (0: never).")
+        check(self.test_batch_size >= 1,
+              f"--search_test_batch_size={self.test_batch_size}: must be >= 1.")
+        for name, values in (("search_milestones", self.milestones),
+                             ("arch_milestones", self.arch_milestones)):
+            check(all(later >= earlier for earlier, later in zip(values, values[1:])),
+                  f"--{name}={','.join(map(str, values))}: must be ascending.")
+        check(not self.mixed_precision,
+              f"--mixed_precision={self.mixed_precision!r}: the search runs in float32 only "
+              "(the memories and α are float32); leave it empty.")
+
+
+def run_folder(config):
+    """``<output_folder_path>/<dataset_name>_search`` (``_search_<space>`` for other spaces)."""
+    if config.run_folder_path:
+        return os.path.abspath(os.path.expanduser(config.run_folder_path))
+    suffix = "search" if config.search_space == "msi" else f"search_{config.search_space}"
+    return os.path.abspath(os.path.join(os.path.expanduser(config.output_folder_path),
+                                        f"{config.dataset_name}_{suffix}"))
+
+
 
 # The reference search command's values of the shared data flags (msinet.md §6.3, §9.1a).
 SHARED_FLAG_DEFAULTS = {
@@ -80,7 +198,8 @@ def define_search_flags():
         FLAGS.set_default(name, value)
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     FLAGS.set_default("output_folder_path", os.path.join(here, "output"))
-    flags.DEFINE_string("search_space", "msi", "Search space: msi (MSINet's interactions).")
+    flags.DEFINE_enum("search_space", "msi", list(SEARCH_SPACE_NAMES),
+                      "Search space: msi (MSINet's multi-scale interactions with TCM).")
     flags.DEFINE_float("search_learning_rate", 0.025, "Weights: SGD learning rate.")
     flags.DEFINE_float("search_momentum", 0.9, "Weights: SGD momentum.")
     flags.DEFINE_float("search_weight_decay", 5e-4,
@@ -115,8 +234,7 @@ def define_search_flags():
 
 
 def config_from_flags(values):
-    """A :class:`nas.searcher.SearchConfig` from parsed flag values (validated)."""
-    from nas.searcher import SearchConfig
+    """A :class:`SearchConfig` from parsed flag values (validated)."""
     if values.strategy != "default":
         raise flags.ValidationError(f"--strategy={values.strategy!r}: the search runs on one "
                                     "device; use --strategy=default.")
@@ -154,8 +272,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
     config = config_from_flags(FLAGS)
     if FLAGS.print_config_only:
-        from dataclasses import asdict
-        for name, value in asdict(config).items():
+        for name, value in dataclasses.asdict(config).items():
             print(f"{name} {value}")
         return
     from reid_tf.training.run import print_flags

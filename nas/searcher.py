@@ -39,7 +39,6 @@ continues from the checkpoint.
 """
 import abc
 import csv
-import dataclasses
 import math
 import os
 import time
@@ -48,6 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from nas.architect import Architect
+from nas.search import SEARCH_SPACE_NAMES, SearchConfig, run_folder  # noqa: F401 (re-exported)
 from nas.genotypes import AlphaHistory, derive_genotype, plot_alpha_history, write_genotype
 from nas.model_search import SearchNetwork
 from nas.tcm import ClusterMemory, EndlessBatches, separate_trainval
@@ -58,119 +58,6 @@ CROSS_MODALITY_PROTOCOLS = ("sysu_mm01", "regdb")
 HISTORY_COLUMNS = ["epoch", "learning_rate", "arch_learning_rate", "loss", "valid_loss",
                    "accuracy", "steps", "arch_steps", "seconds", "result", "rank1", "rank5",
                    "rank10", "mAP"]
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class SearchConfig:
-    """Every setting of a search (``python -m nas.search`` builds one from its flags).
-
-    Defaults reproduce the reference search command (msinet.md §6.3, §9.1a): MSMT17, 256×128,
-    16 × 4 batches, 350 epochs; weights: SGD lr 0.025, momentum 0.9, weight decay 5e-4, warm-up
-    10 epochs from 0.01, milestones 150/225/300, γ 0.1; α: Adam lr 0.002, betas (0.5, 0.999),
-    eps 1e-8, weight decay 1e-3, milestones 150/225/350; genotype interval 5, evaluation
-    interval 40, test batch 128, seed 0.
-    """
-
-    dataset_name: str = "MSMT17"
-    root_folder_path: str = ""
-    dataset_options: dict = dataclasses.field(default_factory=dict)
-    image_height: int = 256
-    image_width: int = 128
-    identity_num_per_batch: int = 16
-    image_num_per_identity: int = 4
-    steps_per_epoch: int = 0
-    epoch_num: int = 350
-    output_folder_path: str = "output"
-    run_folder_path: str = ""
-    workers: int = 4
-    seed: int = 0
-    deterministic: bool = False
-    cache_images: bool = False
-    jit_compile: bool = False
-    search_space: str = "msi"
-    learning_rate: float = 0.025
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    milestones: tuple = (150, 225, 300)
-    warmup_epochs: int = 10
-    warmup_factor: float = 0.01
-    gamma: float = 0.1
-    arch_learning_rate: float = 0.002
-    arch_weight_decay: float = 1e-3
-    arch_beta_1: float = 0.5
-    arch_beta_2: float = 0.999
-    arch_epsilon: float = 1e-8
-    arch_milestones: tuple = (150, 225, 350)
-    arch_gamma: float = 0.1
-    genotype_interval: int = 5
-    evaluation_interval: int = 40
-    test_batch_size: int = 128
-    clean_bilevel: bool = False
-    unrolled: bool = False
-    save_genotype_to: str = ""
-    verbose: int = 1
-    mixed_precision: str = ""
-
-    def validate(self):
-        """Raise ``ValueError`` naming the flag of the first bad value."""
-        def check(condition, message):
-            if not condition:
-                raise ValueError(message)
-
-        check(self.search_space in SEARCH_SPACES,
-              f"--search_space={self.search_space!r}: expected one of "
-              f"{', '.join(sorted(SEARCH_SPACES))}.")
-        check(self.image_height >= 16 and self.image_width >= 16,
-              f"--image_height={self.image_height} / --image_width={self.image_width}: the "
-              "search network needs at least 16x16 inputs.")
-        check(self.identity_num_per_batch >= 1,
-              f"--identity_num_per_batch={self.identity_num_per_batch}: must be >= 1.")
-        check(self.image_num_per_identity >= 1,
-              f"--image_num_per_identity={self.image_num_per_identity}: must be >= 1.")
-        check(self.steps_per_epoch >= 0, f"--steps_per_epoch={self.steps_per_epoch}: must be "
-                                         ">= 0 (0: one pass of the train sampler).")
-        check(self.epoch_num >= 0, f"--epoch_num={self.epoch_num}: must be >= 0.")
-        check(self.workers >= 1, f"--workers={self.workers}: must be >= 1.")
-        check(self.seed >= 0, f"--seed={self.seed}: must be >= 0.")
-        check(self.learning_rate > 0, f"--search_learning_rate={self.learning_rate}: must be > 0.")
-        check(self.arch_learning_rate > 0,
-              f"--arch_learning_rate={self.arch_learning_rate}: must be > 0.")
-        check(0 <= self.momentum < 1, f"--search_momentum={self.momentum}: must be in [0, 1).")
-        check(self.weight_decay >= 0, f"--search_weight_decay={self.weight_decay}: must be >= 0.")
-        check(self.arch_weight_decay >= 0,
-              f"--arch_weight_decay={self.arch_weight_decay}: must be >= 0.")
-        check(0 <= self.arch_beta_1 < 1 and 0 <= self.arch_beta_2 < 1,
-              f"--arch_beta_1={self.arch_beta_1} / --arch_beta_2={self.arch_beta_2}: must be in "
-              "[0, 1).")
-        check(self.arch_epsilon > 0, f"--arch_epsilon={self.arch_epsilon}: must be > 0.")
-        check(self.warmup_epochs >= 0, f"--search_warmup_epochs={self.warmup_epochs}: must be "
-                                       ">= 0.")
-        check(self.genotype_interval >= 1,
-              f"--genotype_interval={self.genotype_interval}: must be >= 1.")
-        check(self.evaluation_interval >= 0,
-              f"--evaluation_interval={self.evaluation_interval}: must be >= 0 (0: only no "
-              "evaluation).")
-        check(self.test_batch_size >= 1,
-              f"--search_test_batch_size={self.test_batch_size}: must be >= 1.")
-        for name, values in (("search_milestones", self.milestones),
-                             ("arch_milestones", self.arch_milestones)):
-            check(all(later >= earlier for earlier, later in zip(values, values[1:])),
-                  f"--{name}={','.join(map(str, values))}: must be ascending.")
-        check(not self.mixed_precision,
-              f"--mixed_precision={self.mixed_precision!r}: the search runs in float32 only "
-              "(the memories and α are float32); leave it empty.")
-
-
-def run_folder(config):
-    """``<output_folder_path>/<dataset_name>_search`` (``_search_<space>`` for other spaces)."""
-    if config.run_folder_path:
-        return os.path.abspath(os.path.expanduser(config.run_folder_path))
-    suffix = "search" if config.search_space == "msi" else f"search_{config.search_space}"
-    return os.path.abspath(os.path.join(os.path.expanduser(config.output_folder_path),
-                                        f"{config.dataset_name}_{suffix}"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,7 +302,9 @@ class BilevelStep:
         self.architect = Architect(space.weight_variables, space.arch_variables,
                                    weight_optimizer, arch_optimizer, unrolled=unrolled,
                                    state_variables=space.state_variables)
-        options = {"jit_compile": bool(jit_compile), "reduce_retracing": True}
+        # No tensor-dependent Python control flow in the steps: autograph is not needed.
+        options = {"jit_compile": bool(jit_compile), "reduce_retracing": True,
+                   "autograph": False}
         self.full_step = tf.function(self._full_step, **options)
         self.weight_step = tf.function(self._weight_step, **options)
         self.architecture_step = tf.function(self._architecture_step, **options)
@@ -508,6 +397,9 @@ class Searcher:
                                      **dict(config.dataset_options))
         self.dataframe = dataframe
         input_shape = (config.image_height, config.image_width, 3)
+        if config.search_space not in SEARCH_SPACES:
+            raise ValueError(f"--search_space={config.search_space!r}: no search space of that "
+                             f"name is registered ({', '.join(sorted(SEARCH_SPACES))}).")
         self.space = SEARCH_SPACES[config.search_space](config, dataframe, input_shape)
 
         self.weight_schedule = LearningRateSchedule(
@@ -540,8 +432,7 @@ class Searcher:
             weight_optimizer=self.weight_optimizer, arch_optimizer=self.arch_optimizer,
             epoch=self._epoch, train_data_state=self._train_state,
             valid_data_state=self._valid_state, **self.space.checkpoint_objects())
-        self.checkpoint_manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(self.folder, "checkpoint"), max_to_keep=2)
+        self.checkpoint_manager = self._checkpoint_manager()
         self.history_path = os.path.join(self.folder, "history.csv")
         self.alpha_history = AlphaHistory(os.path.join(self.folder, "alpha_history.npz"))
         self.summary_writer = tf.summary.create_file_writer(os.path.join(self.folder,
@@ -592,8 +483,18 @@ class Searcher:
         return result
 
     # ------------------------------------------------------------------ state
+    def _checkpoint_manager(self):
+        return tf.train.CheckpointManager(self.checkpoint, os.path.join(self.folder, "checkpoint"),
+                                          max_to_keep=2)
+
     def restore(self):
-        """Restore the latest checkpoint if any; returns the number of completed epochs."""
+        """Restore the latest checkpoint on disk if any; returns the number of completed epochs.
+
+        The checkpoint state file is read again, so a search run twice in one process (or
+        after its state file was pointed at an earlier checkpoint) continues from what is on
+        disk.
+        """
+        self.checkpoint_manager = self._checkpoint_manager()
         latest = self.checkpoint_manager.latest_checkpoint
         if latest is None:
             return 0

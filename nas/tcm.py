@@ -180,11 +180,16 @@ class ClusterMemory(tf.Module):
         normalized = tf.stop_gradient(tf.cast(normalized_features, tf.float32))
         labels = tf.cast(labels, tf.int32)
         momentum = tf.constant(self.momentum, tf.float32)
-        for index in tf.range(tf.shape(normalized)[0]):
+
+        def body(index):
             label = labels[index]
-            row = momentum * self.features[label] + (1.0 - momentum) * normalized[index]
+            row = momentum * tf.gather(self.features, label) + (1.0 - momentum) * normalized[index]
             row = row / tf.norm(row)
             self.features.scatter_nd_update(tf.reshape(label, (1, 1)), row[tf.newaxis])
+            return (index + 1,)
+
+        tf.while_loop(lambda index: index < tf.shape(normalized)[0], body,
+                      (tf.constant(0, tf.int32),))
         return self.features
 
 
