@@ -159,8 +159,16 @@ def test_sysu_run_writes_metrics_of_post_and_pre_bnneck_features(tmp_path, monke
     assert record["protocol"] == "sysu_mm01" and record["tag"] == "training_B_epoch2"
     assert record["num_trials"] == 10 and len(record["trials"]) == 10
     assert results["trained"]["rank1"] == record["rank1"]
-    assert tf.train.latest_checkpoint(str(run_folder / "checkpoint")) is not None
     assert (run_folder / "training_model.h5").is_file()
+    # EMA -> live reset every epoch but after the last: the epoch-1 checkpoint holds live
+    # weights equal to the shadow, the final one the live weights that were evaluated.
+    checkpoints = trainer.checkpoint_manager.checkpoints
+    assert [path.rsplit("-", 1)[1] for path in checkpoints] == ["1", "2"]
+    live = trainer.ema.variables_tracked
+    for path, equal in zip(checkpoints, (True, False)):
+        trainer.checkpoint.restore(path).assert_existing_objects_matched()
+        same = [np.array_equal(v.numpy(), s.numpy()) for v, s in zip(live, trainer.ema.shadow)]
+        assert all(same) if equal else not all(same)
     with open(run_folder / "history.csv") as handle:
         rates = [float(row["learning_rate"]) for row in csv.DictReader(handle)]
     # §8.2: factor 0.01 at epoch index 0, 0.01 * 0.9 + 0.1 = 0.109 at epoch index 1.
