@@ -37,6 +37,9 @@ def define_data_flags():
                  "Dataset name (reid_tf.data.dataset_names(): Market1501, DukeMTMC_reID, MSMT17, "
                  "VeRi776, VehicleID, SYSU_MM01, RegDB, custom, Synthetic, Synthetic_Target, "
                  "Synthetic_SYSU, Synthetic_RegDB).")
+    _define_once(flags.DEFINE_list, "dataset_options", [],
+                 "Extra loader options as key=value pairs, e.g. msmt17_form=v1 or, for the "
+                 "synthetic datasets, num_train_identities=40,cache_folder_path=/tmp/cache.")
     _define_once(flags.DEFINE_integer, "image_width", 128, "Input width W.")
     _define_once(flags.DEFINE_integer, "image_height", 384, "Input height H.")
     _define_once(flags.DEFINE_integer, "identity_num_per_batch", 16, "P, identities per batch.")
@@ -66,121 +69,138 @@ def define_data_flags():
 
 
 def define_flags():
-    """Define every flag of ``solution.py``."""
+    """Define every flag of ``solution.py`` (idempotent)."""
     define_data_flags()
     # ---- the reference FlipReID flags (flipreid.md §2.1), same names, types and defaults
-    flags.DEFINE_string("backbone_model_name", "resnet50",
+    _define_once(flags.DEFINE_string, "backbone_model_name", "resnet50",
                         f"Backbone: {', '.join(BACKBONES)}.")
-    flags.DEFINE_integer("freeze_backbone_for_N_epochs", 20,
+    _define_once(flags.DEFINE_integer, "freeze_backbone_for_N_epochs", 20,
                          "If > 0, train this many epochs with the backbone frozen first.")
-    flags.DEFINE_integer("region_num", 2, "Horizontal stripes of the regional branch (0: none).")
-    flags.DEFINE_float("kernel_regularization_factor", 0.0005, "L2 factor on kernels.")
-    flags.DEFINE_float("bias_regularization_factor", 0.0005, "L2 factor on biases.")
-    flags.DEFINE_float("gamma_regularization_factor", 0.0005, "L2 factor on BN gamma.")
-    flags.DEFINE_float("beta_regularization_factor", 0.0005, "L2 factor on BN beta.")
-    flags.DEFINE_string("pooling_mode", "GeM", f"Global pooling: {', '.join(POOLING_MODES)}.")
-    flags.DEFINE_float("min_value", 0.0, "Lower clip bound of every embedding.")
-    flags.DEFINE_float("max_value", 1.0, "Upper clip bound of every embedding.")
-    flags.DEFINE_float("testing_size", 1.0,
+    _define_once(flags.DEFINE_integer, "region_num", 2, "Horizontal stripes of the regional branch (0: none).")
+    _define_once(flags.DEFINE_float, "kernel_regularization_factor", 0.0005, "L2 factor on kernels.")
+    _define_once(flags.DEFINE_float, "bias_regularization_factor", 0.0005, "L2 factor on biases.")
+    _define_once(flags.DEFINE_float, "gamma_regularization_factor", 0.0005, "L2 factor on BN gamma.")
+    _define_once(flags.DEFINE_float, "beta_regularization_factor", 0.0005, "L2 factor on BN beta.")
+    _define_once(flags.DEFINE_string, "pooling_mode", "GeM", f"Global pooling: {', '.join(POOLING_MODES)}.")
+    _define_once(flags.DEFINE_float, "min_value", 0.0, "Lower clip bound of every embedding.")
+    _define_once(flags.DEFINE_float, "max_value", 1.0, "Upper clip bound of every embedding.")
+    _define_once(flags.DEFINE_float, "testing_size", 1.0,
                        "0: no evaluation; 1: full test set; (0,1): fraction of test identities; "
                        ">1: number of test identities.")
-    flags.DEFINE_integer("evaluate_testing_every_N_epochs", 10,
+    _define_once(flags.DEFINE_integer, "evaluate_testing_every_N_epochs", 10,
                          "Evaluate when (epoch+1) % N == 0 or at the last epoch.")
-    flags.DEFINE_string("learning_rate_mode", "default",
+    _define_once(flags.DEFINE_string, "learning_rate_mode", "default",
                         "constant, linear, cosine, warmup, default or warmup_multistep.")
-    flags.DEFINE_float("learning_rate_start", 2e-4, "Start rate (constant/linear/cosine/warmup).")
-    flags.DEFINE_float("learning_rate_end", 2e-4, "End rate (constant/linear/cosine/warmup).")
-    flags.DEFINE_float("learning_rate_base", 2e-4,
+    _define_once(flags.DEFINE_float, "learning_rate_start", 2e-4, "Start rate (constant/linear/cosine/warmup).")
+    _define_once(flags.DEFINE_float, "learning_rate_end", 2e-4, "End rate (constant/linear/cosine/warmup).")
+    _define_once(flags.DEFINE_float, "learning_rate_base", 2e-4,
                        "Plateau rate of the default and warmup_multistep modes.")
-    flags.DEFINE_integer("learning_rate_warmup_epochs", 10, "Warm-up length in epochs.")
-    flags.DEFINE_integer("learning_rate_steady_epochs", 30,
+    _define_once(flags.DEFINE_integer, "learning_rate_warmup_epochs", 10, "Warm-up length in epochs.")
+    _define_once(flags.DEFINE_integer, "learning_rate_steady_epochs", 30,
                          "Length of each constant step after warm-up (default mode).")
-    flags.DEFINE_float("learning_rate_drop_factor", 10,
+    _define_once(flags.DEFINE_float, "learning_rate_drop_factor", 10,
                        "Divisor at every step of the default mode; 0 derives it.")
-    flags.DEFINE_float("learning_rate_lower_bound", 2e-6, "Floor of the learning rate.")
-    flags.DEFINE_float("patch_replacement_probability", 0.8,
+    _define_once(flags.DEFINE_float, "learning_rate_lower_bound", 2e-6, "Floor of the learning rate.")
+    _define_once(flags.DEFINE_float, "patch_replacement_probability", 0.8,
                        "Probability of random grayscale patch replacement.")
-    flags.DEFINE_float("random_erasing_probability", 0.8, "Probability of random erasing.")
-    flags.DEFINE_bool("use_data_augmentation_in_training", True,
+    _define_once(flags.DEFINE_float, "random_erasing_probability", 0.8, "Probability of random erasing.")
+    _define_once(flags.DEFINE_bool, "use_data_augmentation_in_training", True,
                       "Augment training batches.")
-    flags.DEFINE_bool("use_horizontal_flipping_inside_model", False,
+    _define_once(flags.DEFINE_bool, "use_horizontal_flipping_inside_model", False,
                       "FlipReID structure: mirror inside the training model, average the "
                       "embeddings and add the flipping loss.")
-    flags.DEFINE_bool("use_horizontal_flipping_in_evaluation", False,
+    _define_once(flags.DEFINE_bool, "use_horizontal_flipping_in_evaluation", False,
                       "Average the features of each test image and of its mirror.")
-    flags.DEFINE_bool("use_re_ranking", False, "k-reciprocal re-ranking at evaluation.")
-    flags.DEFINE_bool("evaluation_only", False, "Skip training; evaluate the model once.")
-    flags.DEFINE_bool("save_data_to_disk", False,
+    _define_once(flags.DEFINE_bool, "use_re_ranking", False, "k-reciprocal re-ranking at evaluation.")
+    _define_once(flags.DEFINE_bool, "evaluation_only", False, "Skip training; evaluate the model once.")
+    _define_once(flags.DEFINE_bool, "save_data_to_disk", False,
                       "Write test.npz with features, identities and cameras at each evaluation.")
-    flags.DEFINE_string("pretrained_model_file_path", "",
+    _define_once(flags.DEFINE_string, "pretrained_model_file_path", "",
                         ".h5 weights loaded into the training model (or the inference model).")
     # ---- new in reid-tf
-    flags.DEFINE_string("backbone_weights_file_path", "",
+    _define_once(flags.DEFINE_string, "backbone_weights_file_path", "",
                         "Local ImageNet weights for the backbone (tf2cv .tf2.h5 for the "
                         "FlipReID backbones; torchvision/tf2cv ResNet-50 for cmnas_resnet50). "
                         "Nothing is downloaded; empty: random initialisation.")
-    flags.DEFINE_string("genotype_file_path", "configs/genotypes/msmt.json",
+    _define_once(flags.DEFINE_string, "genotype_file_path", "configs/genotypes/msmt.json",
                         "MSINet genotype (JSON list of 12 operation names).")
-    flags.DEFINE_string("cmnas_config_file_path", CMNAS_DEFAULT_CONFIG,
+    _define_once(flags.DEFINE_string, "cmnas_config_file_path", CMNAS_DEFAULT_CONFIG,
                         "Switchable-BN config: one line of values, 0 split / 1 share; 53 for "
                         "cmnas_resnet50. Given with msinet on visible-infrared data, 80 values "
                         "(MSINet's BNs, configs/cmnas/README.md) make every MSINet BN "
                         "switchable.")
-    flags.DEFINE_string("target_dataset_name", "",
+    _define_once(flags.DEFINE_string, "target_dataset_name", "",
                         "Second dataset evaluated after training (cross-domain).")
-    flags.DEFINE_string("target_root_folder_path", "",
+    _define_once(flags.DEFINE_string, "target_root_folder_path", "",
                         "Root folder of the target dataset (default: --root_folder_path).")
-    flags.DEFINE_string("sam_mode", "none", f"MSINet SAM loss: {', '.join(SAM_MODES)}.")
-    flags.DEFINE_float("sam_ratio", 2.0, "Weight of the spatial alignment loss.")
-    flags.DEFINE_string("optimizer_name", "adam",
+    _define_once(flags.DEFINE_string, "sam_mode", "none", f"MSINet SAM loss: {', '.join(SAM_MODES)}.")
+    _define_once(flags.DEFINE_float, "sam_ratio", 2.0, "Weight of the spatial alignment loss.")
+    _define_once(flags.DEFINE_string, "optimizer_name", "adam",
                         "adam (Keras, FlipReID), sgd (PyTorch momentum form) or torch_adam.")
-    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-    flags.DEFINE_float("weight_decay", 0.0,
+    _define_once(flags.DEFINE_float, "momentum", 0.9, "SGD momentum.")
+    _define_once(flags.DEFINE_float, "weight_decay", 0.0,
                        "Coupled L2 weight decay added to the gradients (sgd, torch_adam).")
-    flags.DEFINE_float("adam_beta_1", 0.9, "Adam beta 1.")
-    flags.DEFINE_float("adam_beta_2", 0.999, "Adam beta 2.")
-    flags.DEFINE_float("adam_epsilon", -1.0,
+    _define_once(flags.DEFINE_float, "adam_beta_1", 0.9, "Adam beta 1.")
+    _define_once(flags.DEFINE_float, "adam_beta_2", 0.999, "Adam beta 2.")
+    _define_once(flags.DEFINE_float, "adam_epsilon", -1.0,
                        "Adam epsilon; negative: 1e-7 for adam, 1e-8 for torch_adam.")
-    flags.DEFINE_string("learning_rate_milestones", "",
+    _define_once(flags.DEFINE_string, "learning_rate_milestones", "",
                         "Comma-separated epochs where warmup_multistep multiplies by the gamma.")
-    flags.DEFINE_float("learning_rate_warmup_factor", 0.01,
+    _define_once(flags.DEFINE_float, "learning_rate_warmup_factor", 0.01,
                        "Starting factor of the warmup_multistep warm-up.")
-    flags.DEFINE_float("learning_rate_gamma", 0.1, "Factor at each milestone.")
-    flags.DEFINE_float("backbone_learning_rate_multiplier", 1.0,
+    _define_once(flags.DEFINE_float, "learning_rate_gamma", 0.1, "Factor at each milestone.")
+    _define_once(flags.DEFINE_float, "backbone_learning_rate_multiplier", 1.0,
                        "Backbone learning rate relative to the heads (CM-NAS: 0.1).")
-    flags.DEFINE_float("triplet_margin", -1.0,
+    _define_once(flags.DEFINE_float, "triplet_margin", -1.0,
                        "Batch-hard triplet margin; negative: soft margin (FlipReID).")
-    flags.DEFINE_bool("triplet_feature_normalization", False,
+    _define_once(flags.DEFINE_bool, "triplet_feature_normalization", False,
                       "L2-normalise features inside the triplet loss (MSINet).")
-    flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy.")
-    flags.DEFINE_float("sp_loss_weight", 5.0, "CM-NAS SP loss weight (visible-infrared).")
-    flags.DEFINE_float("cmmd_loss_weight", 0.05, "CM-NAS CMMD loss weight (visible-infrared).")
-    flags.DEFINE_string("augmentation_recipe", "flipreid",
+    _define_once(flags.DEFINE_float, "label_smoothing", 0.0, "Label smoothing of the cross-entropy.")
+    _define_once(flags.DEFINE_float, "sp_loss_weight", 5.0, "CM-NAS SP loss weight (visible-infrared).")
+    _define_once(flags.DEFINE_float, "cmmd_loss_weight", 0.05, "CM-NAS CMMD loss weight (visible-infrared).")
+    _define_once(flags.DEFINE_string, "augmentation_recipe", "flipreid",
                         f"Training augmentation: {', '.join(AUGMENTATION_RECIPES)}.")
-    flags.DEFINE_bool("color_jitter", False,
+    _define_once(flags.DEFINE_bool, "color_jitter", False,
                       "Colour jitter in the msinet recipe (cross-domain runs).")
-    flags.DEFINE_string("sampler_policy", "flipreid",
+    _define_once(flags.DEFINE_string, "sampler_policy", "flipreid",
                         f"PK sampler: {', '.join(SAMPLER_POLICIES)}.")
-    flags.DEFINE_float("ema_decay", 0.0, "Weight EMA decay (CM-NAS 0.997/0.968); 0: off.")
-    flags.DEFINE_integer("ema_reset_every_N_epochs", 0,
+    _define_once(flags.DEFINE_float, "ema_decay", 0.0, "Weight EMA decay (CM-NAS 0.997/0.968); 0: off.")
+    _define_once(flags.DEFINE_integer, "ema_reset_every_N_epochs", 0,
                          "Copy the EMA shadow into the live weights every N epochs.")
-    flags.DEFINE_bool("evaluate_before_training", False,
+    _define_once(flags.DEFINE_bool, "evaluate_before_training", False,
                       "Also evaluate the untrained model (printed next to the trained one).")
-    flags.DEFINE_bool("overwrite_output_folder", False,
+    _define_once(flags.DEFINE_bool, "overwrite_output_folder", False,
                       "Delete the run's output folder first instead of resuming from it.")
-    flags.DEFINE_string("distance_metric", "cosine",
+    _define_once(flags.DEFINE_string, "distance_metric", "cosine",
                         f"Evaluation distance: {', '.join(DISTANCE_METRICS)}.")
-    flags.DEFINE_bool("feature_normalization", False,
+    _define_once(flags.DEFINE_bool, "feature_normalization", False,
                       "L2-normalise test features before the distance.")
-    flags.DEFINE_integer("test_batch_size", 0, "Test batch size; 0: P*K.")
-    flags.DEFINE_string("sysu_search_mode", "all", "SYSU-MM01 gallery: all or indoor.")
-    flags.DEFINE_integer("sysu_shot", 1, "SYSU-MM01 gallery images per identity and camera.")
-    flags.DEFINE_integer("evaluation_trial_num", 10,
+    _define_once(flags.DEFINE_integer, "test_batch_size", 0, "Test batch size; 0: P*K.")
+    _define_once(flags.DEFINE_string, "sysu_search_mode", "all", "SYSU-MM01 gallery: all or indoor.")
+    _define_once(flags.DEFINE_integer, "sysu_shot", 1, "SYSU-MM01 gallery images per identity and camera.")
+    _define_once(flags.DEFINE_integer, "evaluation_trial_num", 10,
                          "Random gallery trials averaged (SYSU-MM01, VehicleID).")
-    flags.DEFINE_integer("regdb_trial_index", 1, "RegDB trial (1..10).")
-    flags.DEFINE_integer("vehicleid_test_size", 2400, "VehicleID test size (800/1600/2400).")
-    flags.DEFINE_string("export_formats", "h5",
+    _define_once(flags.DEFINE_integer, "regdb_trial_index", 1, "RegDB trial (1..10).")
+    _define_once(flags.DEFINE_integer, "vehicleid_test_size", 2400, "VehicleID test size (800/1600/2400).")
+    _define_once(flags.DEFINE_string, "export_formats", "h5",
                         f"Comma-separated inference-model exports: {', '.join(EXPORT_FORMATS)}.")
+
+
+def parse_dataset_options(items):
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values parsed as Python literals when they
+    are, else kept as strings)."""
+    import ast
+    options = {}
+    for item in items:
+        key, separator, text = str(item).partition("=")
+        if not separator or not key.strip():
+            raise flags.ValidationError(f"--dataset_options: expected key=value, got {item!r}.")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        options[key.strip()] = value
+    return options
 
 
 def _check(condition, message):
@@ -243,3 +263,4 @@ def validate_flags(values):
     _check(values.strategy in STRATEGIES,
            f"--strategy={values.strategy!r}: expected one of {', '.join(STRATEGIES)}.")
     _check(values.workers >= 1, f"--workers={values.workers}: must be >= 1.")
+    parse_dataset_options(values.dataset_options)

@@ -29,7 +29,7 @@ from reid_tf.data import dataset_protocol, load_dataset
 from reid_tf.evaluation.evaluator import (EvaluationOptions, FeatureExtractor, summarize_result,
                                           evaluate_features, select_test_subset,
                                           write_evaluation_outputs)
-from reid_tf.flags import validate_flags
+from reid_tf.flags import parse_dataset_options, validate_flags
 
 CROSS_MODALITY_PROTOCOLS = ("sysu_mm01", "regdb")
 
@@ -52,15 +52,17 @@ def configure_runtime(values):
         keras.mixed_precision.set_global_policy(values.mixed_precision)
 
 
-def protocol_options(values, protocol, for_training=True):
-    """Loader options of the dataset's protocol (SYSU gallery pool, RegDB trial, VehicleID)."""
+def protocol_options(values, protocol, include_dataset_options=True):
+    """Loader options: the protocol's (SYSU gallery pool, RegDB trial, VehicleID test size)
+    and ``--dataset_options`` (which belong to ``--dataset_name``, not to the target)."""
+    options = parse_dataset_options(values.dataset_options) if include_dataset_options else {}
     if protocol == "sysu_mm01":
-        return {"search_mode": values.sysu_search_mode, "shot": values.sysu_shot}
-    if protocol == "regdb":
-        return {"trial_index": values.regdb_trial_index}
-    if protocol == "vehicleid":
-        return {"test_size": values.vehicleid_test_size}
-    return {}
+        options.update(search_mode=values.sysu_search_mode, shot=values.sysu_shot)
+    elif protocol == "regdb":
+        options.update(trial_index=values.regdb_trial_index)
+    elif protocol == "vehicleid":
+        options.update(test_size=values.vehicleid_test_size)
+    return options
 
 
 def secondary_features(values):
@@ -187,9 +189,10 @@ class DatasetEvaluator:
         index = {path: i for i, path in enumerate(frame["image_file_path"])}
         trials = []
         for trial in range(max(1, self.options.trial_num)):
-            split = load_dataset(self.dataset_name, self.root_folder_path,
-                                 test_size=self.values.vehicleid_test_size, trial_index=trial,
-                                 seed=self.values.seed)
+            options = protocol_options(self.values, "vehicleid",
+                                       self.dataset_name == self.values.dataset_name)
+            options.update(trial_index=trial, seed=self.values.seed)
+            split = load_dataset(self.dataset_name, self.root_folder_path, **options)
             trials.append(tuple(
                 np.asarray([index[path] for path in split.loc[split["split"] == part,
                                                               "image_file_path"]])
@@ -354,7 +357,7 @@ def run(values):
         target_root = values.target_root_folder_path or values.root_folder_path
         target_protocol = dataset_protocol(values.target_dataset_name)
         target_frame = load_dataset(values.target_dataset_name, target_root,
-                                    **protocol_options(values, target_protocol))
+                                    **protocol_options(values, target_protocol, False))
         target_evaluator = DatasetEvaluator(values, values.target_dataset_name, target_root,
                                             target_frame, os.path.join(run_folder, "target"),
                                             feature_index,
