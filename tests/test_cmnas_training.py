@@ -1,4 +1,4 @@
-"""CM-NAS trained and evaluated end to end through ``reid_tf.training.run.run`` (cmnas.md §6–§9).
+"""CM-NAS trained and evaluated end to end through ``reid_tf.training.run.run`` (cmnas.md §6-9).
 
 Two tiny runs (synthetic SYSU-MM01 and RegDB layouts, 64x32 images, P = 2, K = 2, one or two
 steps) go through the real flag parsing, data pipeline, model factory, trainer and evaluator;
