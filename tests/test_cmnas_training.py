@@ -20,7 +20,6 @@ from absl import flags
 
 from reid_tf.data import load_dataset
 from reid_tf.data.pipeline import make_test_dataset
-from reid_tf.evaluation.protocols import sysu_mm01_gallery_trials
 from reid_tf.flags import define_flags, validate_flags
 from reid_tf.models import cmnas
 from reid_tf.training import run as run_module
@@ -39,6 +38,29 @@ SIZES = {
 BASE_LR = 0.01
 WARMUP_FACTOR = 0.01
 
+
+def reference_sysu_gallery_trials(pool, trials=range(10), cameras=(1, 2, 4, 5)):
+    """The CM-NAS reference's single-shot gallery draw, written independently of the loader:
+    ``random.seed(trial)``, then for every identity (ascending) and camera (in order) with
+    images, ``random.choice`` over the path-sorted files. Returns row positions into ``pool``."""
+    import random
+    state = random.getstate()
+    try:
+        result = []
+        for trial in trials:
+            random.seed(trial)
+            chosen = []
+            for identity in sorted(set(pool["identity_ID"])):
+                for camera in cameras:
+                    rows = pool.index[(pool["identity_ID"] == identity)
+                                      & (pool["camera_ID"] == camera)]
+                    if len(rows):
+                        files = sorted(rows, key=lambda row: pool.at[row, "image_file_path"])
+                        chosen.append(random.choice(files))
+            result.append(np.asarray(chosen, dtype=np.int64))
+        return result
+    finally:
+        random.setstate(state)
 
 def cmnas_arguments(dataset_name, output_folder, **overrides):
     """The flags of configs/cmnas/{sysu,regdb}.flags, shrunk to a tiny run."""
@@ -182,8 +204,7 @@ def test_sysu_run_writes_metrics_of_post_and_pre_bnneck_features(tmp_path, monke
     query = frame[frame["split"] == "query"].reset_index(drop=True)
     pool = frame[frame["split"] == "gallery"].reset_index(drop=True)
     assert set(query["camera_ID"]) <= {3, 6} and set(pool["camera_ID"]) <= {1, 2, 4, 5}
-    trials = sysu_mm01_gallery_trials(pool["identity_ID"], pool["camera_ID"],
-                                      pool["image_file_path"], mode="all", shot=1)
+    trials = reference_sysu_gallery_trials(pool)
     model = trainer.models.inference_model
     query_outputs, pool_outputs = extract(model, query), extract(model, pool)
     for entry, output_index in ((record, 1), (record["pre_bnneck"], 0)):

@@ -21,6 +21,4 @@ from reid_tf.evaluation.protocols import (  # noqa: F401
     evaluate_standard,
     evaluate_sysu_mm01,
     evaluate_vehicleid,
-    sysu_mm01_gallery_trials,
-    vehicleid_trials,
 )

@@ -20,7 +20,6 @@ is exact even when ``max_rank`` < 20 or the gallery is smaller than 20 (the CMC 
 query is 1 beyond the length of its list). mINP is not computed by the references (CM-NAS §9.4):
 it is reported separately and is not comparable with their numbers.
 """
-import random
 
 import numpy as np
 
@@ -36,12 +35,9 @@ __all__ = [
     "evaluate_standard",
     "evaluate_sysu_mm01",
     "evaluate_vehicleid",
-    "sysu_mm01_gallery_trials",
-    "vehicleid_trials",
 ]
 
 RANKS = (1, 5, 10, 20)
-SYSU_MM01_GALLERY_CAMERAS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
 
 
 def _with_ranks(result, max_rank):
@@ -136,44 +132,11 @@ def evaluate_standard(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric="
     return _with_ranks(result, max_rank)
 
 
-def vehicleid_trials(pids, num_trials=1, seed=0):
-    """Random VehicleID query/gallery splits as the MSINet reference builds them (§12).
-
-    For every trial, identities are visited in order of first appearance in ``pids``; Python's
-    ``random.choice`` (one ``random.Random(seed)`` shared by the trials in turn) picks one image
-    of the identity for the gallery, and its other images (in their order) go to the query set.
-    Trial 0 therefore reproduces the reference split (``random.seed(0)`` at program start).
-
-    Returns a list of ``(query_indices, gallery_indices)`` int64 array pairs.
-    """
-    pids = np.asarray(pids)
-    if pids.ndim != 1 or pids.size == 0:
-        raise ValueError("pids must be a non-empty 1-D array of identities.")
-    if isinstance(num_trials, bool) or not isinstance(num_trials, (int, np.integer)) \
-            or num_trials < 1:
-        raise ValueError(f"num_trials must be a positive integer, got {num_trials!r}.")
-    groups = {}
-    for position, pid in enumerate(pids.tolist()):
-        groups.setdefault(pid, []).append(position)
-    generator = random.Random(seed)
-    trials = []
-    for _ in range(num_trials):
-        query, gallery = [], []
-        for members in groups.values():
-            members = list(members)
-            chosen = generator.choice(members)
-            members.remove(chosen)
-            gallery.append(chosen)
-            query.extend(members)
-        trials.append((np.asarray(query, dtype=np.int64), np.asarray(gallery, dtype=np.int64)))
-    return trials
-
-
 def evaluate_vehicleid(features, pids, trials, metric="cosine", normalize=False, max_rank=50):
     """VehicleID protocol: no camera removal, metrics averaged over query/gallery trials.
 
     ``features``/``pids`` hold every test image; each trial is ``(query_indices,
-    gallery_indices)``, row positions into them (see :func:`vehicleid_trials`). Per trial:
+    gallery_indices)``, row positions into them (the VehicleID loader draws the splits: ``reid_tf.data.vehicleid``). Per trial:
     :func:`~reid_tf.evaluation.metrics.cmc_map` with ``remove_same_camera=False`` (VehicleID
     cameras are all 0) on :func:`~reid_tf.evaluation.distance.pairwise_distance` distances.
     Features are L2-normalised once (if ``normalize``) and each trial's distances are computed
@@ -200,55 +163,13 @@ def evaluate_vehicleid(features, pids, trials, metric="cosine", normalize=False,
     return average_results(results)
 
 
-def sysu_mm01_gallery_trials(pool_pids, pool_cams, pool_paths, mode="all", shot=1,
-                             trials=range(10)):
-    """SYSU-MM01 gallery draws of the CM-NAS reference (§9.2), as row positions into a pool.
-
-    The pool holds the visible test images (identity, camera, file path). For each trial ``t``:
-    Python's ``random`` is seeded with ``t``; for every identity in ascending order and every
-    gallery camera in order (``mode="all"``: 1, 2, 4, 5; ``"indoor"``: 1, 2) that has images,
-    ``random.sample`` draws ``shot`` images (1 single-shot, 10 multi-shot) without replacement
-    from the path-sorted list of that identity/camera (``sample(files, 1)`` picks the same image
-    as the reference's ``random.choice(files)``).
-    """
-    if mode not in SYSU_MM01_GALLERY_CAMERAS:
-        raise ValueError(f"Unknown SYSU-MM01 mode {mode!r}; expected 'all' or 'indoor'.")
-    pool_pids = np.asarray(pool_pids)
-    pool_cams = np.asarray(pool_cams)
-    pool_paths = np.asarray(pool_paths).astype(str)
-    if not (pool_pids.shape == pool_cams.shape == pool_paths.shape) or pool_pids.ndim != 1:
-        raise ValueError("pool_pids, pool_cams and pool_paths must be 1-D arrays of one length.")
-    folders = {}
-    for position in np.argsort(pool_paths, kind="stable"):
-        key = (int(pool_pids[position]), int(pool_cams[position]))
-        folders.setdefault(key, []).append(int(position))
-    cameras = SYSU_MM01_GALLERY_CAMERAS[mode]
-    result = []
-    for trial in trials:
-        generator = random.Random(trial)
-        chosen = []
-        for pid in sorted(set(pool_pids.tolist())):
-            for camera in cameras:
-                files = folders.get((int(pid), camera))
-                if not files:
-                    continue
-                if len(files) < shot:
-                    raise ValueError(
-                        f"SYSU-MM01 identity {pid} camera {camera} has {len(files)} gallery "
-                        f"images, fewer than shot={shot}."
-                    )
-                chosen.extend(generator.sample(files, shot))
-        result.append(np.asarray(chosen, dtype=np.int64))
-    return result
-
-
 def evaluate_sysu_mm01(query_features, query_pids, query_cams, pool_features, pool_pids,
                        pool_cams, gallery_trials, max_rank=20):
     """SYSU-MM01 protocol of CM-NAS (§9.1–9.2), averaged over gallery trials.
 
     Query features (thermal, cameras 3 and 6) and the gallery pool features (visible) are
     extracted once; ``gallery_trials`` is a list of arrays of row positions into the pool (see
-    :func:`sysu_mm01_gallery_trials`). Features are L2-normalised, similarity is the dot product
+    ``reid_tf.data.sysu_mm01.sample_gallery``). Features are L2-normalised, similarity is the dot product
     and the gallery is ranked by descending similarity (ascending negated similarity, ties by
     gallery position). Per trial :func:`~reid_tf.evaluation.metrics.sysu_mm01_cmc_map`:
     camera-3 queries lose every camera-2 gallery item, CMC over distinct identities in
