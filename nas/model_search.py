@@ -38,7 +38,8 @@ SEARCH_CELL_INDICES = (0, 1, 3, 4, 6, 7)
 
 
 def alpha_row(cell_index, position):
-    """Row of α used by cell ``cell_index`` (0, 1, 3, 4, 6 or 7) at ``position`` 0 (op2) / 1 (op3)."""
+    """Row of α used by cell ``cell_index`` (0, 1, 3, 4, 6 or 7) at ``position`` (0: op2,
+    1: op3): ``2 t + position`` with ``t = cell_index - cell_index // 3``."""
     if cell_index not in SEARCH_CELL_INDICES:
         raise ValueError(f"Cell {cell_index} has no interaction (transitions are cells 2 and 5); "
                          f"cells with interactions: {SEARCH_CELL_INDICES}.")

@@ -163,7 +163,9 @@ def run_folder(config):
                                         f"{config.dataset_name}_{suffix}"))
 
 
-
+# --------------------------------------------------------------------------------------------
+# Flags and the command line
+# --------------------------------------------------------------------------------------------
 # The reference search command's values of the shared data flags (msinet.md §6.3, §9.1a).
 SHARED_FLAG_DEFAULTS = {
     "dataset_name": "MSMT17",
@@ -270,7 +272,10 @@ def config_from_flags(values):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
-    config = config_from_flags(FLAGS)
+    try:
+        config = config_from_flags(FLAGS)
+    except flags.ValidationError as error:
+        raise app.UsageError(str(error)) from None
     if FLAGS.print_config_only:
         for name, value in dataclasses.asdict(config).items():
             print(f"{name} {value}")

@@ -25,12 +25,14 @@ iteration, also when unused):
   evaluated at the virtual weights, so there is no ``∇_w L_v(w, α)`` to accumulate), and the
   first iteration of each epoch is skipped unless ``clean_bilevel``.
 
-Each variant is one ``tf.function`` with the gradient tapes inside, traced once.
+The iteration with an architecture step and the weight-only iteration are one ``tf.function``
+each (gradient tapes inside), each traced once for the whole search.
 
 Outputs (run folder, ``<output_folder_path>/<dataset_name>_search``)
 --------------------------------------------------------------------
 ``genotype.json`` (the current result, rewritten at each genotype interval and at the end),
-``alpha_history.npz`` and ``alpha_history.png``, ``search.log`` (everything printed),
+``alpha_history.npz`` and ``alpha_history.png``, ``search.log`` (genotypes, ``softmax(α)``,
+epoch summaries, evaluations),
 ``history.csv`` (one row per epoch), ``tensorboard/``, ``evaluation/`` (the last evaluation:
 ``evaluation.json``, CMC curve, rank list), ``weights_epoch<E>.h5`` (the network weights at
 each evaluation, without α) and ``checkpoint/`` (the resumable state: weights, α, both
@@ -371,7 +373,16 @@ class NonFiniteSearchLossError(RuntimeError):
 
 
 class Searcher:
-    """The resumable search loop (module docstring). ``Searcher(config).search()`` runs it."""
+    """The resumable search loop (module docstring). ``Searcher(config).search()`` runs it.
+
+    Args:
+      config: a :class:`SearchConfig`. Building the searcher seeds Python, numpy and
+        TensorFlow with ``config.seed`` and, with ``config.deterministic``, enables
+        TensorFlow's deterministic ops (process-wide, as ``solution.py`` does).
+      dataframe: the dataset table; default: ``load_dataset(config.dataset_name,
+        config.root_folder_path, **config.dataset_options)``.
+      after_epoch: optional ``callback(searcher, epoch)`` run after each epoch's checkpoint.
+    """
 
     def __init__(self, config, dataframe=None, after_epoch=None):
         config.validate()
@@ -396,6 +407,12 @@ class Searcher:
             dataframe = load_dataset(config.dataset_name, config.root_folder_path,
                                      **dict(config.dataset_options))
         self.dataframe = dataframe
+        if config.evaluation_interval > 0 and config.epoch_num > 0:
+            splits = set(dataframe["split"])
+            if not {"query", "gallery"} <= splits:
+                raise ValueError(f"{config.dataset_name}: the dataset has no query or gallery "
+                                 "images to evaluate the search network on; set "
+                                 "--evaluation_interval=0 to search without evaluation.")
         input_shape = (config.image_height, config.image_width, 3)
         if config.search_space not in SEARCH_SPACES:
             raise ValueError(f"--search_space={config.search_space!r}: no search space of that "
@@ -525,14 +542,10 @@ class Searcher:
         from reid_tf.data.pipeline import make_test_dataset
         from reid_tf.evaluation.evaluator import (EvaluationOptions, evaluate_features,
                                                   write_evaluation_outputs)
-        from reid_tf.training.run import print_metrics
 
         frame = self.dataframe
         query = frame[frame["split"] == "query"].reset_index(drop=True)
         gallery = frame[frame["split"] == "gallery"].reset_index(drop=True)
-        if len(query) == 0 or len(gallery) == 0:
-            raise ValueError(f"{self.config.dataset_name}: no query or gallery images to "
-                             "evaluate the search network on (set --evaluation_interval 0).")
         if self._evaluation_steps is None:
             self._evaluation_steps = tf.function(self.space.embed, reduce_retracing=True)
         config = self.config
@@ -554,7 +567,6 @@ class Searcher:
         summary["tag"] = tag
         write_evaluation_outputs(summary, details, os.path.join(self.folder, "evaluation"),
                                  tag=tag)
-        print_metrics(summary, f"{config.dataset_name} search network, {tag}")
         keys = ("rank1", "rank5", "rank10", "mAP")
         self.log(f"[evaluation {tag}] " + ", ".join(f"{key} {100 * summary[key]:.2f}%"
                                                     for key in keys if key in summary)

@@ -59,6 +59,11 @@ def _state(searcher):
     return [variable.numpy().copy() for variable in variables]
 
 
+def _alpha_history(folder):
+    with np.load(os.path.join(folder, "alpha_history.npz")) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
 def _history(folder):
     with open(os.path.join(folder, "history.csv"), newline="") as handle:
         return [{key: value for key, value in row.items() if key != "seconds"}
@@ -78,7 +83,8 @@ def searched(dataset_root, tmp_path_factory):
     searcher = Searcher(_config(dataset_root, folder, save_genotype_to=published))
     result = searcher.search()
     yield {"searcher": searcher, "folder": folder, "result": result, "published": published,
-           "state": _state(searcher), "history": _history(folder)}
+           "state": _state(searcher), "history": _history(folder),
+           "alpha_history": _alpha_history(folder)}
     from tensorflow.python.framework import config as tf_config
     tf_config.disable_op_determinism()
     tf.config.optimizer.set_experimental_options(
@@ -139,6 +145,9 @@ def test_resumed_search_equals_the_uninterrupted_one(searched):
     for before, after in zip(searched["state"], _state(searcher)):
         np.testing.assert_array_equal(before, after)
     assert _history(folder) == searched["history"]
+    resumed_alpha = _alpha_history(folder)
+    for name, values in searched["alpha_history"].items():
+        np.testing.assert_array_equal(resumed_alpha[name], values)
     # Each step function was traced once, for both runs.
     assert searcher.step.full_step.experimental_get_tracing_count() == 1
     assert searcher.step.weight_step.experimental_get_tracing_count() == 1
