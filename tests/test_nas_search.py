@@ -206,11 +206,12 @@ def test_solution_trains_the_searched_genotype(searched, dataset_root, tmp_path)
 
 
 def test_command_line_flagfiles():
+    """Every configs/nas flagfile parses into the intended search configuration."""
     script = (
         "import json\n"
         "from nas.search import FLAGS, config_from_flags, define_search_flags\n"
         "define_search_flags()\n"
-        "for name in ('msmt17', 'market1501'):\n"
+        "for name in ('msmt17', 'market1501', 'synthetic_quick'):\n"
         "    FLAGS.unparse_flags()\n"
         "    FLAGS(['nas.search', f'--flagfile=configs/nas/{name}.flags'])\n"
         "    print(json.dumps(config_from_flags(FLAGS).__dict__))\n"
@@ -223,7 +224,7 @@ def test_command_line_flagfiles():
     completed = _run([sys.executable, "-c", script], timeout=120)
     assert completed.returncode == 0, completed.stderr[-3000:]
     lines = completed.stdout.strip().splitlines()
-    msmt, market = (json.loads(line) for line in lines[:2])
+    msmt, market, quick = (json.loads(line) for line in lines[:3])
     reference = {"image_height": 256, "image_width": 128, "identity_num_per_batch": 16,
                  "image_num_per_identity": 4, "steps_per_epoch": 0, "epoch_num": 350,
                  "seed": 0, "learning_rate": 0.025, "momentum": 0.9, "weight_decay": 5e-4,
@@ -235,4 +236,7 @@ def test_command_line_flagfiles():
     for config in (msmt, market):
         assert {key: config[key] for key in reference} == reference
     assert msmt["dataset_name"] == "MSMT17" and market["dataset_name"] == "Market1501"
-    assert lines[2].startswith("ERROR") and "--arch_milestones" in lines[2]
+    assert quick["dataset_name"] == "Synthetic" and quick["epoch_num"] == 4
+    assert (quick["image_height"], quick["image_width"], quick["warmup_epochs"]) == (128, 64, 1)
+    assert quick["learning_rate"] == 0.025 and quick["arch_milestones"] == [150, 225, 350]
+    assert lines[3].startswith("ERROR") and "--arch_milestones" in lines[3]
