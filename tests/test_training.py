@@ -173,3 +173,44 @@ def test_unknown_dataset_names_the_flag(tmp_path):
     with pytest.raises(DatasetError, match="--root_folder_path"):
         run_solution(f"--output_folder_path={tmp_path}", "--dataset_name=Market1501",
                      f"--root_folder_path={tmp_path / 'nowhere'}")
+
+
+def test_flipreid_frozen_phase_trains_only_the_heads_then_everything(tmp_path, synthetic_cache,
+                                                                      monkeypatch):
+    """FlipReID on a tf2cv ResNet-50: phase A (backbone frozen: its weights and BN statistics
+    stay put), then phase B (everything trains), with the flip structure and regularisers."""
+    from reid_tf.training import trainer as trainer_module
+    snapshots = []
+    original = trainer_module.Trainer._run_epoch
+
+    def recording(self, train_step, phase, *args):
+        before = {v.name: v.numpy() for v in self.training_model.weights}
+        row = original(self, train_step, phase, *args)
+        after = {v.name: v.numpy() for v in self.training_model.weights}
+        snapshots.append((phase.name, before, after, self))
+        return row
+
+    monkeypatch.setattr(trainer_module.Trainer, "_run_epoch", recording)
+    run_solution(f"--output_folder_path={tmp_path}", "--dataset_name=Synthetic",
+                 f"--dataset_options=cache_folder_path={synthetic_cache}",
+                 "--backbone_model_name=resnet50", "--image_height=64", "--image_width=32",
+                 "--identity_num_per_batch=4", "--image_num_per_identity=2",
+                 "--steps_per_epoch=1", "--epoch_num=1", "--freeze_backbone_for_N_epochs=1",
+                 "--use_horizontal_flipping_inside_model", "--testing_size=0",
+                 "--learning_rate_mode=constant", "--learning_rate_start=1e-3",
+                 "--learning_rate_end=1e-3", "--workers=2")
+    assert [name for name, *_ in snapshots] == ["training_A", "training_B"]
+
+    def changed(before, after, prefix):
+        return {name for name in before if name.startswith(prefix)
+                and not np.array_equal(before[name], after[name])}
+
+    _, before, after, trainer = snapshots[0]
+    assert not changed(before, after, "features_")  # backbone (incl. BN statistics) frozen
+    head_changes = changed(before, after, "head_")
+    assert head_changes, "the classification heads must train in phase A"
+    _, before, after, _ = snapshots[1]
+    assert changed(before, after, "features_stage1")
+    assert changed(before, after, "features_stage4_global_branch")
+    history = (tmp_path / "Synthetic_resnet50" / "history.csv").read_text()
+    assert "loss_regularization" in history and "loss_flipping" in history
