@@ -1,7 +1,9 @@
-"""``python -m nas.search``: differentiable architecture search (MSINet's MSI space with TCM).
+"""``python -m nas.search``: differentiable architecture search (MSINet's MSI space with TCM,
+CM-NAS's BN split/share space).
 
     python -m nas.search --flagfile=configs/nas/msmt17.flags --root_folder_path=/data
     python -m nas.search --flagfile=configs/nas/synthetic_quick.flags      # a few minutes, CPU
+    python -m nas.search --flagfile=configs/nas/bn_split_sysu.flags --root_folder_path=/data
     python -m nas.search --helpfull
 
 The dataset and batch flags are those of ``solution.py`` (``reid_tf.flags.define_data_flags``:
@@ -15,7 +17,7 @@ follow the reference ``search.py`` (msinet.md §9.1a):
 =============================  ==================  ============================================
 flag                           default             reference
 =============================  ==================  ============================================
-``search_space``               ``msi``             (``bn_split`` comes later)
+``search_space``               ``msi``             (``bn_split``: CM-NAS, see below)
 ``search_learning_rate``       0.025               ``--lr``
 ``search_momentum``            0.9                 ``--momentum``
 ``search_weight_decay``        5e-4                ``--weight-decay``
@@ -35,6 +37,20 @@ flag                           default             reference
 
 The run folder is ``<output_folder_path>/<dataset_name>_search``; running the same command
 again resumes from its checkpoint (see :mod:`nas.searcher` for the files written there).
+
+``--search_space=bn_split`` (CM-NAS's BN split/share search, :mod:`nas.bn_split`; cmnas.md
+§11.2 [RECON]) has its own defaults for every flag the user does not set
+(:data:`SPACE_DEFAULTS`): SYSU_MM01, 50 epochs, weights with CM-NAS's Adam (head lr 0.01,
+backbone × 0.1, weight decay 5e-4, warm-up 10 epochs from 0.01, ×0.1 at epoch 40), α with
+DARTS' Adam (lr 3e-4, betas 0.5/0.999, weight decay 1e-3, constant), clean first-order
+alternation, the result (``config.cfg``) logged every epoch, evaluation every 10 epochs. Its
+own flags: ``bn_split_backbone`` (``cmnas_resnet50`` | ``msinet``), ``bn_split_data_split``
+(``per_identity_half`` | ``official_val``), ``bn_split_warmup_epochs`` (10, weights only),
+``bn_split_backbone_learning_rate_multiplier`` (0.1), ``bn_split_backbone_weights_file_path``
+(ImageNet ResNet-50), ``bn_split_genotype`` (msinet backbone), ``bn_split_ema_decay`` and
+``bn_split_ema_reset_epochs`` (off), and ``save_config_to`` (publish, e.g.
+``configs/cmnas/NAME.cfg``; same as ``save_genotype_to``). Its run folder is
+``<output_folder_path>/<dataset_name>_search_bn_split``.
 """
 import dataclasses
 import os
@@ -48,7 +64,45 @@ from reid_tf.flags import define_data_flags
 FLAGS = flags.FLAGS
 
 # Search spaces (each registered in nas.searcher with register_search_space).
-SEARCH_SPACE_NAMES = ("msi",)
+SEARCH_SPACE_NAMES = ("msi", "bn_split")
+BN_SPLIT_BACKBONES = ("cmnas_resnet50", "msinet")
+BN_SPLIT_DATA_SPLITS = ("per_identity_half", "official_val")
+
+# Per-space defaults of SearchConfig fields, used for every flag the user leaves unset (and by
+# SearchConfig.for_space). msi's are the dataclass defaults (the reference search command).
+# bn_split: cmnas.md §11.2 [RECON] — w as in §8.1 (Adam, groups, decay, warm-up; schedule
+# shortened to ~50 epochs), α with DARTS' Adam at a constant rate, clean alternation.
+SPACE_DEFAULTS = {
+    "msi": {},
+    "bn_split": {
+        "dataset_name": "SYSU_MM01",
+        "epoch_num": 50,
+        "learning_rate": 0.01,
+        "weight_decay": 5e-4,
+        "milestones": (40,),
+        "warmup_epochs": 10,
+        "warmup_factor": 0.01,
+        "arch_learning_rate": 3e-4,
+        "arch_weight_decay": 1e-3,
+        "arch_beta_1": 0.5,
+        "arch_beta_2": 0.999,
+        "arch_milestones": (),
+        "genotype_interval": 1,
+        "evaluation_interval": 10,
+        "clean_bilevel": True,
+    },
+}
+# SearchConfig field -> the flag that sets it (for the fields of SPACE_DEFAULTS).
+FIELD_FLAGS = {
+    "dataset_name": "dataset_name", "epoch_num": "epoch_num",
+    "learning_rate": "search_learning_rate", "weight_decay": "search_weight_decay",
+    "milestones": "search_milestones", "warmup_epochs": "search_warmup_epochs",
+    "warmup_factor": "search_warmup_factor", "arch_learning_rate": "arch_learning_rate",
+    "arch_weight_decay": "arch_weight_decay", "arch_beta_1": "arch_beta_1",
+    "arch_beta_2": "arch_beta_2", "arch_milestones": "arch_milestones",
+    "genotype_interval": "genotype_interval", "evaluation_interval": "evaluation_interval",
+    "clean_bilevel": "clean_bilevel",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,6 +158,24 @@ class SearchConfig:
     save_genotype_to: str = ""
     verbose: int = 1
     mixed_precision: str = ""
+    # bn_split only (nas.bn_split)
+    bn_split_backbone: str = "cmnas_resnet50"
+    bn_split_data_split: str = "per_identity_half"
+    bn_split_warmup_epochs: int = 10
+    bn_split_backbone_lr_multiplier: float = 0.1
+    bn_split_backbone_weights_file_path: str = ""
+    bn_split_genotype: str = "msmt"
+    bn_split_ema_decay: float = 0.0
+    bn_split_ema_reset_epochs: int = 0
+
+    @classmethod
+    def for_space(cls, search_space, **values):
+        """A config of ``search_space`` with that space's :data:`SPACE_DEFAULTS` under
+        ``values`` (e.g. ``SearchConfig.for_space("bn_split", dataset_name="RegDB")``)."""
+        if search_space not in SPACE_DEFAULTS:
+            raise ValueError(f"--search_space={search_space!r}: expected one of "
+                             f"{', '.join(SEARCH_SPACE_NAMES)}.")
+        return cls(**{**SPACE_DEFAULTS[search_space], **values, "search_space": search_space})
 
     def validate(self):
         """Raise ``ValueError`` naming the flag of the first bad value."""
@@ -152,6 +224,38 @@ class SearchConfig:
         check(not self.mixed_precision,
               f"--mixed_precision={self.mixed_precision!r}: the search runs in float32 only "
               "(the memories and α are float32); leave it empty.")
+        if self.search_space == "bn_split":
+            self._validate_bn_split(check)
+
+    def _validate_bn_split(self, check):
+        check(self.bn_split_backbone in BN_SPLIT_BACKBONES,
+              f"--bn_split_backbone={self.bn_split_backbone!r}: expected one of "
+              f"{', '.join(BN_SPLIT_BACKBONES)}.")
+        check(self.bn_split_data_split in BN_SPLIT_DATA_SPLITS,
+              f"--bn_split_data_split={self.bn_split_data_split!r}: expected one of "
+              f"{', '.join(BN_SPLIT_DATA_SPLITS)}.")
+        check(self.image_height >= 32 and self.image_width >= 32,
+              f"--image_height={self.image_height} / --image_width={self.image_width}: the "
+              "bn_split supernets need at least 32x32 inputs.")
+        check(self.bn_split_warmup_epochs >= 0,
+              f"--bn_split_warmup_epochs={self.bn_split_warmup_epochs}: must be >= 0.")
+        check(self.bn_split_backbone_lr_multiplier > 0,
+              f"--bn_split_backbone_learning_rate_multiplier="
+              f"{self.bn_split_backbone_lr_multiplier}: must be > 0.")
+        check(0 <= self.bn_split_ema_decay < 1,
+              f"--bn_split_ema_decay={self.bn_split_ema_decay}: must be in [0, 1) (0: off).")
+        check(self.bn_split_ema_reset_epochs >= 0,
+              f"--bn_split_ema_reset_epochs={self.bn_split_ema_reset_epochs}: must be >= 0 "
+              "(0: never).")
+        check(not (self.bn_split_ema_reset_epochs and not self.bn_split_ema_decay),
+              f"--bn_split_ema_reset_epochs={self.bn_split_ema_reset_epochs} needs "
+              "--bn_split_ema_decay > 0.")
+        weights = self.bn_split_backbone_weights_file_path
+        check(not weights or self.bn_split_backbone == "cmnas_resnet50",
+              f"--bn_split_backbone_weights_file_path={weights}: ImageNet weights are for "
+              "--bn_split_backbone=cmnas_resnet50.")
+        check(not weights or os.path.isfile(os.path.expanduser(weights)),
+              f"--bn_split_backbone_weights_file_path={weights}: no such file.")
 
 
 def run_folder(config):
@@ -201,7 +305,9 @@ def define_search_flags():
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     FLAGS.set_default("output_folder_path", os.path.join(here, "output"))
     flags.DEFINE_enum("search_space", "msi", list(SEARCH_SPACE_NAMES),
-                      "Search space: msi (MSINet's multi-scale interactions with TCM).")
+                      "Search space: msi (MSINet's multi-scale interactions with TCM) or "
+                      "bn_split (CM-NAS: split or share every BN, visible-infrared data; "
+                      "flags left unset take its own defaults, see nas.search).")
     flags.DEFINE_float("search_learning_rate", 0.025, "Weights: SGD learning rate.")
     flags.DEFINE_float("search_momentum", 0.9, "Weights: SGD momentum.")
     flags.DEFINE_float("search_weight_decay", 5e-4,
@@ -233,15 +339,56 @@ def define_search_flags():
                         "Also write the final genotype here (e.g. configs/genotypes/NAME.json).")
     flags.DEFINE_bool("print_config_only", False,
                       "Print the resolved search configuration and exit.")
+    # bn_split (CM-NAS)
+    flags.DEFINE_enum("bn_split_backbone", "cmnas_resnet50", list(BN_SPLIT_BACKBONES),
+                      "bn_split: supernet, CM-NAS's ResNet-50 (53 switchable BNs) or the "
+                      "switchable MSINet (80).")
+    flags.DEFINE_enum("bn_split_data_split", "per_identity_half", list(BN_SPLIT_DATA_SPLITS),
+                      "bn_split: weights/architecture data; per_identity_half (half of every "
+                      "identity's images per modality each) or official_val (SYSU-MM01 "
+                      "train_id / val_id, classifier-free architecture loss).")
+    flags.DEFINE_integer("bn_split_warmup_epochs", 10,
+                         "bn_split: first epochs with weight steps only (no architecture step).")
+    flags.DEFINE_float("bn_split_backbone_learning_rate_multiplier", 0.1,
+                       "bn_split: backbone learning rate / head learning rate.")
+    flags.DEFINE_string("bn_split_backbone_weights_file_path", "",
+                        "bn_split: ImageNet ResNet-50 (torchvision .pth or tf2cv .h5) copied "
+                        "into all three BN sets (cmnas_resnet50 only).")
+    flags.DEFINE_string("bn_split_genotype", "msmt",
+                        "bn_split with --bn_split_backbone=msinet: the MSINet genotype (name or "
+                        "JSON file).")
+    flags.DEFINE_float("bn_split_ema_decay", 0.0,
+                       "bn_split: EMA decay of the weights and BN statistics (0: no EMA).")
+    flags.DEFINE_integer("bn_split_ema_reset_epochs", 0,
+                         "bn_split: copy the EMA to the live weights every N epochs (0: never).")
+    flags.DEFINE_string("save_config_to", "",
+                        "bn_split: also write the final config here (e.g. "
+                        "configs/cmnas/NAME.cfg); same as --save_genotype_to.")
+
+
+def _flag_given(values, name):
+    try:
+        return not values[name].using_default_value
+    except (KeyError, TypeError, AttributeError):
+        return True
 
 
 def config_from_flags(values):
-    """A :class:`SearchConfig` from parsed flag values (validated)."""
+    """A :class:`SearchConfig` from parsed flag values (validated).
+
+    Flags left at their defaults take the search space's :data:`SPACE_DEFAULTS`.
+    """
     if values.strategy != "default":
         raise flags.ValidationError(f"--strategy={values.strategy!r}: the search runs on one "
                                     "device; use --strategy=default.")
-    config = SearchConfig(
+    from reid_tf.flags import parse_dataset_options
+    saved_to = {value for value in (values.save_genotype_to, values.save_config_to) if value}
+    if len(saved_to) > 1:
+        raise flags.ValidationError(f"--save_genotype_to={values.save_genotype_to} and "
+                                    f"--save_config_to={values.save_config_to}: give one.")
+    fields = dict(
         dataset_name=values.dataset_name, root_folder_path=values.root_folder_path,
+        dataset_options=parse_dataset_options(values.dataset_options),
         image_height=values.image_height, image_width=values.image_width,
         identity_num_per_batch=values.identity_num_per_batch,
         image_num_per_identity=values.image_num_per_identity,
@@ -261,7 +408,19 @@ def config_from_flags(values):
         genotype_interval=values.genotype_interval,
         evaluation_interval=values.evaluation_interval,
         test_batch_size=values.search_test_batch_size, clean_bilevel=values.clean_bilevel,
-        unrolled=values.unrolled, save_genotype_to=values.save_genotype_to)
+        unrolled=values.unrolled, save_genotype_to=saved_to.pop() if saved_to else "",
+        bn_split_backbone=values.bn_split_backbone,
+        bn_split_data_split=values.bn_split_data_split,
+        bn_split_warmup_epochs=values.bn_split_warmup_epochs,
+        bn_split_backbone_lr_multiplier=values.bn_split_backbone_learning_rate_multiplier,
+        bn_split_backbone_weights_file_path=values.bn_split_backbone_weights_file_path,
+        bn_split_genotype=values.bn_split_genotype,
+        bn_split_ema_decay=values.bn_split_ema_decay,
+        bn_split_ema_reset_epochs=values.bn_split_ema_reset_epochs)
+    for field, value in SPACE_DEFAULTS.get(values.search_space, {}).items():
+        if not _flag_given(values, FIELD_FLAGS[field]):
+            fields[field] = value
+    config = SearchConfig(**fields)
     try:
         config.validate()
     except ValueError as error:

@@ -7,7 +7,10 @@ A search space (:class:`SearchSpace`) owns everything specific to one kind of se
 the losses of both levels and the result it derives. The loop (:class:`Searcher`) only uses
 that interface, so a second space (``bn_split``, CM-NAS's BN split/share search) plugs in by
 registering a factory with :func:`register_search_space`. ``msi`` (:class:`MsiSearchSpace`)
-is the MSINet search (msinet.md §5, §6).
+is the MSINet search (msinet.md §5, §6); ``bn_split`` (:mod:`nas.bn_split`) is CM-NAS's BN
+split/share search. Besides the abstract methods a space may override the hooks
+``weights_only_epochs``, ``begin_epoch``, ``make_weight_optimizer``, ``alpha_history``,
+``plot_alpha_history`` and ``evaluate`` (defaults: the msi behaviour).
 
 The step (msinet.md §6.3)
 -------------------------
@@ -26,11 +29,13 @@ iteration, also when unused):
   first iteration of each epoch is skipped unless ``clean_bilevel``.
 
 The iteration with an architecture step and the weight-only iteration are one ``tf.function``
-each (gradient tapes inside), each traced once for the whole search.
+each (gradient tapes inside), each traced once for the whole search; without the accumulated
+valid gradient the former is the architecture step's function followed by the weight step's.
 
 Outputs (run folder, ``<output_folder_path>/<dataset_name>_search``)
 --------------------------------------------------------------------
-``genotype.json`` (the current result, rewritten at each genotype interval and at the end),
+``genotype.json`` (the current result, rewritten at each genotype interval and at the end; the
+space's ``result_file_name``, e.g. ``config.cfg`` for ``bn_split``),
 ``alpha_history.npz`` and ``alpha_history.png``, ``search.log`` (genotypes, ``softmax(α)``,
 epoch summaries, evaluations),
 ``history.csv`` (one row per epoch), ``tensorboard/``, ``evaluation/`` (the last evaluation:
@@ -77,6 +82,9 @@ class SearchSpace(abc.ABC):
 
     name = None
     result_file_name = "result.json"
+    # Optional hooks (defaults keep the msi behaviour):
+    # epochs at the start that take weight steps only (no architecture step, no valid batch).
+    weights_only_epochs = 0
 
     @property
     @abc.abstractmethod
@@ -130,6 +138,30 @@ class SearchSpace(abc.ABC):
     @abc.abstractmethod
     def embed(self, images):
         """Evaluation features of a batch of normalised images (inference mode)."""
+
+    # Optional hooks ---------------------------------------------------------------------------
+    def begin_epoch(self, epoch):
+        """Called before the steps of epoch ``epoch`` (0-based), also on resuming."""
+
+    def make_weight_optimizer(self, config, learning_rate):
+        """The weight optimiser (default: the reference's SGD with momentum and coupled decay).
+        It needs ``learning_rate`` (settable), ``build``, ``apply_gradients`` and ``variables``."""
+        from reid_tf.training.optimizers import TorchSGD
+        return TorchSGD(learning_rate=learning_rate, momentum=config.momentum,
+                        weight_decay_l2=config.weight_decay)
+
+    def alpha_history(self, file_path):
+        """The :class:`nas.genotypes.AlphaHistory` (or compatible) kept in ``file_path``."""
+        return AlphaHistory(file_path)
+
+    def plot_alpha_history(self, history, file_path):
+        """Draw the α-history heatmap to ``file_path``."""
+        return plot_alpha_history(history, file_path)
+
+    def evaluate(self, dataframe, folder, tag):
+        """The search network's evaluation summary written into ``folder``, or ``None`` for the
+        searcher's single-modality evaluation with :meth:`embed`."""
+        return None
 
 
 SEARCH_SPACES = {}
@@ -359,10 +391,20 @@ class BilevelStep:
 
     def __call__(self, train_images, train_labels, valid_images, valid_labels,
                  architecture_update=True):
-        """One iteration: ``full_step`` or, without ``architecture_update``, ``weight_step``."""
-        if architecture_update:
+        """One iteration: ``full_step`` or, without ``architecture_update``, ``weight_step``.
+
+        Without the accumulated valid gradient (``clean_bilevel``, ``unrolled``) the full step
+        is exactly ``architecture_step`` followed by ``weight_step``, and runs as those two
+        functions: the weight-only iterations reuse the same trace (two traces in all).
+        """
+        if not architecture_update:
+            return self.weight_step(train_images, train_labels)
+        if self.accumulate:
             return self.full_step(train_images, train_labels, valid_images, valid_labels)
-        return self.weight_step(train_images, train_labels)
+        values = dict(self.architecture_step(train_images, train_labels, valid_images,
+                                             valid_labels))
+        values.update(self.weight_step(train_images, train_labels))
+        return values
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,7 +437,7 @@ class Searcher:
         self.log_path = os.path.join(self.folder, "search.log")
 
         from reid_tf.data import dataset_protocol, load_dataset
-        from reid_tf.training.optimizers import TorchAdam, TorchSGD
+        from reid_tf.training.optimizers import TorchAdam
         from reid_tf.training.schedules import LearningRateSchedule
 
         self.protocol = dataset_protocol(config.dataset_name)
@@ -427,9 +469,8 @@ class Searcher:
             mode="warmup_multistep", base=config.arch_learning_rate, warmup_epochs=0,
             warmup_factor=1.0, milestones=tuple(config.arch_milestones),
             gamma=config.arch_gamma, lower_bound=0.0)
-        self.weight_optimizer = TorchSGD(learning_rate=self.weight_schedule(0),
-                                         momentum=config.momentum,
-                                         weight_decay_l2=config.weight_decay)
+        self.weight_optimizer = self.space.make_weight_optimizer(config,
+                                                                 self.weight_schedule(0))
         self.arch_optimizer = TorchAdam(learning_rate=self.arch_schedule(0),
                                         beta_1=config.arch_beta_1, beta_2=config.arch_beta_2,
                                         epsilon=config.arch_epsilon,
@@ -451,7 +492,8 @@ class Searcher:
             valid_data_state=self._valid_state, **self.space.checkpoint_objects())
         self.checkpoint_manager = self._checkpoint_manager()
         self.history_path = os.path.join(self.folder, "history.csv")
-        self.alpha_history = AlphaHistory(os.path.join(self.folder, "alpha_history.npz"))
+        self.alpha_history = self.space.alpha_history(os.path.join(self.folder,
+                                                                   "alpha_history.npz"))
         self.summary_writer = tf.summary.create_file_writer(os.path.join(self.folder,
                                                                          "tensorboard"))
         self._evaluation_steps = None
@@ -495,8 +537,8 @@ class Searcher:
         self.space.write_result(result, os.path.join(self.folder, self.space.result_file_name))
         if "alpha" in arrays:
             self.alpha_history.log(epoch, arrays["alpha"])
-            plot_alpha_history(self.alpha_history, os.path.join(self.folder,
-                                                                "alpha_history.png"))
+            self.space.plot_alpha_history(self.alpha_history,
+                                          os.path.join(self.folder, "alpha_history.png"))
         return result
 
     # ------------------------------------------------------------------ state
@@ -543,6 +585,11 @@ class Searcher:
         from reid_tf.evaluation.evaluator import (EvaluationOptions, evaluate_features,
                                                   write_evaluation_outputs)
 
+        started = time.time()
+        summary = self.space.evaluate(self.dataframe, os.path.join(self.folder, "evaluation"),
+                                      tag)
+        if summary is not None:
+            return self._log_evaluation(summary, tag, started)
         frame = self.dataframe
         query = frame[frame["split"] == "query"].reset_index(drop=True)
         gallery = frame[frame["split"] == "gallery"].reset_index(drop=True)
@@ -557,7 +604,6 @@ class Searcher:
             return np.concatenate([self._evaluation_steps(images).numpy()
                                    for images in dataset], axis=0)
 
-        started = time.time()
         query_features, gallery_features = extract(query), extract(gallery)
         options = EvaluationOptions(protocol=self.protocol, metric="sqeuclidean",
                                     normalize=True, max_rank=50, seed=config.seed)
@@ -567,6 +613,9 @@ class Searcher:
         summary["tag"] = tag
         write_evaluation_outputs(summary, details, os.path.join(self.folder, "evaluation"),
                                  tag=tag)
+        return self._log_evaluation(summary, tag, started)
+
+    def _log_evaluation(self, summary, tag, started):
         keys = ("rank1", "rank5", "rank10", "mAP")
         self.log(f"[evaluation {tag}] " + ", ".join(f"{key} {100 * summary[key]:.2f}%"
                                                     for key in keys if key in summary)
@@ -622,6 +671,8 @@ class Searcher:
         self.weight_optimizer.learning_rate = rate
         self.arch_optimizer.learning_rate = arch_rate
         skip_first = not config.clean_bilevel
+        self.space.begin_epoch(epoch)
+        architecture_active = epoch >= self.space.weights_only_epochs
         data = self.space.train_data
         dataset = data.epoch_dataset(epoch)
         self.log(f"Epoch {epoch + 1}/{config.epoch_num}: learning rate {rate:.6g}, architecture "
@@ -631,8 +682,10 @@ class Searcher:
         started = time.time()
         total = data.steps_per_epoch
         for step, (images, labels) in enumerate(dataset):
-            valid_images, valid_labels = self.space.valid_data.next()
-            update = not (step == 0 and skip_first)
+            valid_images = valid_labels = None
+            if architecture_active:
+                valid_images, valid_labels = self.space.valid_data.next()
+            update = architecture_active and not (step == 0 and skip_first)
             values = self.step(images, labels, valid_images, valid_labels,
                                architecture_update=update)
             values = {name: float(value) for name, value in values.items()}
@@ -672,3 +725,7 @@ def search(config, dataframe=None):
     """Run a search from a :class:`SearchConfig`; returns ``(result, searcher)``."""
     searcher = Searcher(config, dataframe=dataframe)
     return searcher.search(), searcher
+
+
+# Registers "bn_split" (nas.bn_split imports this module's interface, hence at the end).
+from nas import bn_split as _bn_split  # noqa: E402,F401
