@@ -298,8 +298,11 @@ def plot_switch_history(history, file_path, title="π_share of every switchable 
 
     share = weights[:, :, 1].T  # (layers, epochs)
     layers = [str(name) for name in arrays["layers"]]
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.25 * len(epochs) + 4.0),
-                                         max(4.0, 0.16 * len(layers) + 1.5)), dpi=100)
+    width, height = max(6.0, 0.25 * len(epochs) + 4.0), max(4.0, 0.16 * len(layers) + 1.5)
+    figure, axis = plt.subplots(figsize=(width, height), dpi=100)
+    # Fixed margins (tight_layout costs more than the drawing): room for the layer names.
+    figure.subplots_adjust(left=2.2 / width, right=0.9, bottom=0.7 / height,
+                           top=1.0 - 0.4 / height)
     image = axis.imshow(share, aspect="auto", interpolation="nearest", cmap="coolwarm",
                         vmin=0.0, vmax=1.0)
     axis.set_yticks(np.arange(len(layers)))
@@ -312,7 +315,6 @@ def plot_switch_history(history, file_path, title="π_share of every switchable 
     axis.set_title(title)
     colorbar = figure.colorbar(image, ax=axis, fraction=0.03, pad=0.02)
     colorbar.set_label("π_share (above 0.5: share, else split)")
-    figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(file_path)), exist_ok=True)
     figure.savefig(file_path)
     plt.close(figure)
@@ -322,6 +324,21 @@ def plot_switch_history(history, file_path, title="π_share of every switchable 
 # --------------------------------------------------------------------------------------------
 # The search space
 # --------------------------------------------------------------------------------------------
+def bn_split_objective(images_per_identity):
+    """The objective of both levels: CM-NAS's ``CE + tri + 5 SP + 0.05 CMMD`` (cmnas.md §6)
+    as :class:`reid_tf.losses.objective.Objective` computes it for ``solution.py`` (four-term
+    triplet with margin 0.4 on the unnormalised pre-BNNeck features of every embedding, CE on
+    every logits output, SP and CMMD on the first post-BNNeck feature with chunks of
+    ``images_per_identity`` rows)."""
+    from reid_tf.losses import cmnas as cmnas_losses
+    from reid_tf.losses.objective import Objective, ObjectiveConfig
+
+    return Objective(ObjectiveConfig(
+        triplet_margin=cmnas_losses.TRIPLET_MARGIN, triplet_normalize=False,
+        label_smoothing=0.0, cross_modality=True, sp_weight=cmnas_losses.SP_WEIGHT,
+        cmmd_weight=cmnas_losses.CMMD_WEIGHT, images_per_identity=int(images_per_identity)))
+
+
 def _mixed_batch_inputs(images):
     return [images, tf.constant(MODE_MIXED, tf.int32)]
 
@@ -409,8 +426,6 @@ class BnSplitSearchSpace(SearchSpace):
 
     # ------------------------------------------------------------------ network
     def _build_model(self, config, input_shape):
-        from reid_tf.losses import cmnas as cmnas_losses
-        from reid_tf.losses.objective import Objective, ObjectiveConfig
         from reid_tf.models import cmnas, msinet
         from reid_tf.models.cmnas_config import ALL_SPLIT
 
@@ -446,11 +461,7 @@ class BnSplitSearchSpace(SearchSpace):
                              "frozen BN set.")
         self._weight_variables = list(groups.backbone) + list(groups.head)
         self._arch_variables = list(groups.architecture)
-        self.objective = Objective(ObjectiveConfig(
-            triplet_margin=cmnas_losses.TRIPLET_MARGIN, triplet_normalize=False,
-            label_smoothing=0.0, cross_modality=True, sp_weight=cmnas_losses.SP_WEIGHT,
-            cmmd_weight=cmnas_losses.CMMD_WEIGHT,
-            images_per_identity=config.image_num_per_identity))
+        self.objective = bn_split_objective(config.image_num_per_identity)
         self.ema = None
         if config.bn_split_ema_decay > 0:
             from reid_tf.training.ema import WeightEMA
