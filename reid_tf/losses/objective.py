@@ -13,6 +13,12 @@ Terms (each reported separately, ``total`` is their sum):
 * ``flipping`` — FlipReID's MSE between the embeddings of the image and of its mirror;
 * ``sam`` — MSINet's spatial alignment loss times ``sam_ratio`` (added to the global branch);
 * ``sp`` and ``cmmd`` — CM-NAS's correlation terms on the post-BNNeck features.
+
+Under a multi-replica strategy the trainer calls the objective on the all-gathered outputs and
+labels (the global batch, so every term equals its one-device value), except the outputs named
+in :attr:`Objective.per_replica_outputs`: MSINet's SAM scores are made inside the model with
+the replica's own batch as the kernel, so the SAM term is computed on each replica with that
+replica's labels (``local_labels``) and the reported value is the mean over replicas.
 """
 import dataclasses
 
@@ -59,6 +65,9 @@ def objective_config_from_flags(values, cross_modality):
 class Objective:
     """``objective(outputs, labels) -> {"total": ..., "triplet": ..., ...}`` (float32)."""
 
+    # Outputs that describe one replica's part of the batch only (see the module docstring).
+    per_replica_outputs = ("sam_scores",)
+
     def __init__(self, config):
         self.config = config
 
@@ -73,9 +82,15 @@ class Objective:
                                   normalize=c.triplet_normalize,
                                   exclude_self=c.triplet_exclude_self, clamp=c.triplet_clamp)
 
-    def __call__(self, outputs, labels):
+    def __call__(self, outputs, labels, local_labels=None):
+        """The loss terms and their sum ``total``.
+
+        ``local_labels``: the labels of the replica's own part of the batch, for the
+        :attr:`per_replica_outputs` (default ``labels``).
+        """
         c = self.config
         labels = tf.cast(labels, tf.int32)
+        local_labels = labels if local_labels is None else tf.cast(local_labels, tf.int32)
         losses = {}
         losses["triplet"] = tf.add_n([self._triplet(e, labels) for e in outputs["embeddings"]])
         if outputs.get("logits"):
@@ -87,7 +102,7 @@ class Objective:
         if c.sam_mode != "none" and outputs.get("sam_scores") is not None:
             from reid_tf.losses.sam import spatial_alignment_loss
             losses["sam"] = c.sam_ratio * spatial_alignment_loss(
-                tf.cast(outputs["sam_scores"], tf.float32), labels, c.sam_mode)
+                tf.cast(outputs["sam_scores"], tf.float32), local_labels, c.sam_mode)
         if c.cross_modality and (c.sp_weight or c.cmmd_weight):
             from reid_tf.losses.cmnas import cmmd_loss, sp_loss
             features = tf.cast((outputs.get("bnneck") or outputs["embeddings"])[0], tf.float32)

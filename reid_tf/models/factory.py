@@ -10,6 +10,10 @@
 
 Whatever the family, ``--use_horizontal_flipping_inside_model`` wraps the family's embedding
 and head models with the FlipReID structure (:mod:`reid_tf.models.flipping`).
+
+Under a ``tf.distribute`` strategy (``--strategy``) the models are built inside its scope and,
+with several replicas in sync, every BN layer is synchronised across the replicas
+(:func:`reid_tf.training.distribute.synchronize_batch_normalization`).
 """
 import dataclasses
 
@@ -62,8 +66,11 @@ def model_family(backbone_model_name):
     return "flipreid"
 
 
-def build_models(values, num_classes, cross_modality=False):
+def build_models(values, num_classes, cross_modality=False, strategy=None):
     """The :class:`ReIDModels` that the flags ``values`` describe, for ``num_classes`` ids.
+
+    ``strategy``: a ``tf.distribute`` strategy to build the models under (default: the
+    current one); with several replicas in sync the BN layers are synchronised across them.
 
     Returns ``(models, feature_index, weight_targets)``: ``feature_index`` selects the
     inference output used as the evaluation feature (``None``: all outputs concatenated;
@@ -72,6 +79,19 @@ def build_models(values, num_classes, cross_modality=False):
     order when loading one: the training model, the family's plain training model (before the
     flip wrapper; converted reference checkpoints have this layout) and the inference model.
     """
+    if strategy is None:
+        return _build_models(values, num_classes, cross_modality)
+    with strategy.scope():
+        built = _build_models(values, num_classes, cross_modality)
+    if strategy.num_replicas_in_sync > 1:
+        from reid_tf.training.distribute import synchronize_batch_normalization
+        models = built[0]
+        for model in (models.training_model, models.inference_model):
+            synchronize_batch_normalization(model)
+    return built
+
+
+def _build_models(values, num_classes, cross_modality):
     input_shape = (values.image_height, values.image_width, 3)
     family = model_family(values.backbone_model_name)
     flip = bool(values.use_horizontal_flipping_inside_model)

@@ -62,6 +62,16 @@ class TrainingInput:
         return len(self.label_map)
 
     @property
+    def cross_modality(self):
+        """Whether batches are visible-infrared (``[visible P*K, infrared P*K]``)."""
+        return isinstance(self.sampler, CrossModalitySampler)
+
+    @property
+    def identities_per_batch(self):
+        """``P``: identities per batch (per modality for visible-infrared batches)."""
+        return int(self.sampler.P)
+
+    @property
     def batch_size(self):
         """Images per training batch (``2 * P * K`` for visible-infrared batches)."""
         size = self.sampler.batch_size

@@ -11,6 +11,11 @@ CM-NAS adds ``pre_bnneck`` with the same metrics for the pre-BNNeck features),
 ``cmc_curve.png``, ``rank_list.png``,
 ``history.csv`` (+ one PNG per column), ``tensorboard/``, ``test.npz`` with
 ``--save_data_to_disk`` and the exports of ``--export_formats``.
+
+``--strategy`` (:mod:`reid_tf.training.distribute`) is created first (a multi-worker strategy
+must exist before TensorFlow runs anything); the models, optimisers and EMA are built in its
+scope. On a multi-worker run every worker runs the whole job, but only the chief writes the run
+folder: the others write into a temporary folder that is removed at the end.
 """
 import json
 import os
@@ -256,14 +261,28 @@ def export_models(models, run_folder, formats):
 def run(values):
     """Run ``solution.py`` with the parsed absl flag values."""
     validate_flags(values)
+    from reid_tf.training import distribute
+    strategy = distribute.create_strategy(values.strategy)
+    distribute.check_identities_per_replica(values.identity_num_per_batch, strategy)
     print_flags(values)
-    run_folder = run_folder_path(values)
-    if values.overwrite_output_folder and os.path.isdir(run_folder):
+    print(distribute.describe(strategy), flush=True)
+    chief_folder = run_folder_path(values)
+    # Only the chief writes the run folder; other workers write into a temporary one.
+    run_folder = distribute.worker_output_folder(chief_folder, strategy)
+    if values.overwrite_output_folder and os.path.isdir(run_folder) \
+            and run_folder == chief_folder:
         shutil.rmtree(run_folder)
     os.makedirs(run_folder, exist_ok=True)
-    print(f"Run folder: {run_folder}")
+    print(f"Run folder: {chief_folder}")
     configure_runtime(values)
+    try:
+        return _run(values, strategy, chief_folder, run_folder)
+    finally:
+        distribute.remove_worker_output_folder(run_folder, strategy)
 
+
+def _run(values, strategy, chief_folder, run_folder):
+    """:func:`run` after the strategy and the folders are set up."""
     protocol = dataset_protocol(values.dataset_name)
     dataframe = load_dataset(values.dataset_name, values.root_folder_path,
                              **protocol_options(values, protocol))
@@ -277,7 +296,8 @@ def run(values):
 
     from reid_tf.models.factory import build_models
     models, feature_index, weight_targets = build_models(values, len(label_map),
-                                                         cross_modality=cross_modality)
+                                                         cross_modality=cross_modality,
+                                                         strategy=strategy)
     if values.pretrained_model_file_path:
         load_pretrained_weights(weight_targets, values.pretrained_model_file_path)
 
@@ -329,7 +349,8 @@ def run(values):
     ema = None
     if values.ema_decay > 0:
         from reid_tf.training.ema import WeightEMA
-        ema = WeightEMA(models.training_model, decay=values.ema_decay)
+        with strategy.scope():
+            ema = WeightEMA(models.training_model, decay=values.ema_decay)
 
     training_inputs = None
     if len(models.training_model.inputs) > 1:  # CM-NAS: [images, mode]; mode 0 = mixed batch
@@ -345,7 +366,9 @@ def run(values):
         evaluate_every_N_epochs=values.evaluate_testing_every_N_epochs if use_testing else 0,
         evaluate=evaluator, backbone_learning_rate_multiplier=values.backbone_learning_rate_multiplier,
         ema=ema, ema_reset_every_N_epochs=values.ema_reset_every_N_epochs,
-        training_inputs=training_inputs, jit_compile=values.jit_compile)
+        training_inputs=training_inputs, jit_compile=values.jit_compile, strategy=strategy,
+        # A fresh start (--overwrite_output_folder) resumes from nothing on every worker.
+        restore_folder=run_folder if values.overwrite_output_folder else chief_folder)
     trainer.fit()
     save_weights(models, weight_targets, run_folder)
     if os.path.exists(trainer.history_path):

@@ -15,6 +15,12 @@ The trainer owns the rest: phases (frozen backbone, then everything), optimiser 
 EMA, evaluation every N epochs, the progress bar, TensorBoard scalars, a CSV history, the
 resumable checkpoint (weights, optimisers, EMA, sampler state, position) and the stop on a
 non-finite loss.
+
+Distribution (``strategy``, :mod:`reid_tf.training.distribute`): the models (and the EMA) must
+have been built inside ``strategy.scope()``; the trainer builds its optimisers there, feeds
+each replica its part of every global batch (whole identities; visible and infrared halves per
+replica), evaluates the objective on the all-gathered outputs (the one-device loss),
+back-propagates ``loss / R`` on every replica and reports the global losses.
 """
 import collections
 import csv
@@ -30,6 +36,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from reid_tf.models.base import iter_layers, set_trainable_by_prefix
+from reid_tf.training import distribute
 
 
 class NonFiniteLossError(RuntimeError):
@@ -76,7 +83,20 @@ class Trainer:
                  epoch_num, freeze_backbone_for_N_epochs=0, evaluate_every_N_epochs=10,
                  evaluate=None, backbone_learning_rate_multiplier=1.0, ema=None,
                  ema_reset_every_N_epochs=0, training_inputs=None, verbose=1,
-                 checkpoint_max_to_keep=2, jit_compile=False, after_epoch=None):
+                 checkpoint_max_to_keep=2, jit_compile=False, after_epoch=None, strategy=None,
+                 restore_folder=None):
+        """See the module docstring. ``strategy``: the ``tf.distribute`` strategy the models
+        were built under (default: the current one). ``restore_folder``: the run folder whose
+        checkpoint :meth:`restore` reads (default ``output_folder``; a multi-worker run's
+        non-chief workers write into a temporary folder and resume from the chief's)."""
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.distributed = distribute.is_distributed(self.strategy)
+        self.replicas = distribute.num_replicas(self.strategy)
+        if self.distributed and jit_compile:
+            raise ValueError("--jit_compile is not available with --strategy mirrored or "
+                             "multi_worker (the distributed step's collective operations are "
+                             "not XLA-compiled); drop one of the two flags.")
+        self.cross_modality = bool(getattr(data, "cross_modality", False))
         self.models = models
         self.training_model = models.training_model
         self.objective = objective
@@ -108,10 +128,11 @@ class Trainer:
         for name, group_multiplier, variables in groups:
             if not variables:
                 continue
-            optimizer = optimizer_factory(name)
-            # Build on every variable up front: the frozen phase then trains a subset and the
-            # optimiser state carries over when the backbone is unfrozen (as in TF 2.2).
-            optimizer.build(variables)
+            with self.strategy.scope():
+                optimizer = optimizer_factory(name)
+                # Build on every variable up front: the frozen phase then trains a subset and
+                # the optimiser state carries over when the backbone is unfrozen (as in TF 2.2).
+                optimizer.build(variables)
             self.groups.append((name, group_multiplier, optimizer, {id(v) for v in variables}))
 
         self.regularization = list(models.regularization or ())
@@ -127,6 +148,7 @@ class Trainer:
         self.checkpoint_manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(output_folder, "checkpoint"),
             max_to_keep=checkpoint_max_to_keep)
+        self.restore_folder = restore_folder or output_folder
         self.history_path = os.path.join(output_folder, "history.csv")
         self.summary_writer = tf.summary.create_file_writer(os.path.join(output_folder, "tensorboard"))
 
@@ -147,23 +169,53 @@ class Trainer:
         def step(images, labels):
             with tf.GradientTape() as tape:
                 outputs = self.training_model(self.training_inputs(images), training=True)
-                losses = dict(self.objective(outputs, labels))
+                losses = self._objective_losses(outputs, labels)
                 total = losses["total"]
                 if self.regularization:
                     regularization = self._regularization_loss()
                     losses["regularization"] = regularization
                     total = total + regularization
                 losses["total"] = total
-            gradients = tape.gradient(total, variables)
+                # Each replica back-propagates its share: the optimisers sum the replicas'
+                # gradients (one replica: the loss itself).
+                scaled = total / self.replicas if self.replicas > 1 else total
+            gradients = tape.gradient(scaled, variables)
             for optimizer, indices in groups:
                 pairs = [(gradients[i], variables[i]) for i in indices if gradients[i] is not None]
                 if pairs:
                     optimizer.apply_gradients(pairs)
             if self.ema is not None:
+                # Inside the replica: every replica's copies see the same (synchronised)
+                # values, so the shadows stay identical without communication.
                 self.ema.update()
             return losses
 
-        return tf.function(step, jit_compile=self.jit_compile, reduce_retracing=True)
+        if not self.distributed:
+            return tf.function(step, jit_compile=self.jit_compile, reduce_retracing=True)
+
+        def distributed_step(images, labels):
+            per_replica = self.strategy.run(step, args=(images, labels))
+            # Gathered terms are equal on every replica; per-replica terms are averaged.
+            return {name: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
+                    for name, value in per_replica.items()}
+
+        return tf.function(distributed_step, reduce_retracing=True)
+
+    def _objective_losses(self, outputs, labels):
+        """The objective on the global batch: with several replicas in sync, the outputs and
+        labels are all-gathered first (the outputs the objective lists in
+        ``per_replica_outputs`` stay per replica, with their own labels)."""
+        if self.replicas == 1 or not self.distributed:
+            return dict(self.objective(outputs, labels))
+        local_keys = tuple(getattr(self.objective, "per_replica_outputs", ()))
+        shared = {name: value for name, value in outputs.items() if name not in local_keys}
+        gathered = distribute.all_gather_batch(shared, self.cross_modality)
+        global_labels = distribute.all_gather_batch(labels, self.cross_modality)
+        local = {name: value for name, value in outputs.items() if name in local_keys}
+        if local:
+            return dict(self.objective({**gathered, **local}, global_labels,
+                                       local_labels=labels))
+        return dict(self.objective(gathered, global_labels))
 
     # ------------------------------------------------------------------ state
     def _set_learning_rates(self, rate):
@@ -177,14 +229,27 @@ class Trainer:
 
     def restore(self):
         """Restore the latest checkpoint if there is one; returns (phase_index, epoch)."""
-        latest = self.checkpoint_manager.latest_checkpoint
+        latest = tf.train.latest_checkpoint(os.path.join(self.restore_folder, "checkpoint"))
         if latest is None:
-            return 0, 0
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
-        state = self._data_state.numpy().decode()
-        if state:
-            self.data.set_state(state)
-        phase_index, epoch = (int(value) for value in self._position.numpy())
+            phase_index, epoch = 0, 0
+        else:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            state = self._data_state.numpy().decode()
+            if state:
+                self.data.set_state(state)
+            phase_index, epoch = (int(value) for value in self._position.numpy())
+        task_type, _ = distribute.worker_task(self.strategy)
+        if self.distributed and task_type is not None:
+            # Every worker must resume at the same place (collectives would hang otherwise).
+            position = float(phase_index * 1_000_000 + epoch)
+            mean = float(distribute.mean_over_workers(self.strategy, position))
+            if mean != position:
+                raise RuntimeError(
+                    f"The workers of this multi-worker run resume from different checkpoints "
+                    f"(this one: phase {phase_index}, epoch {epoch}; checkpoint folder "
+                    f"{os.path.join(self.restore_folder, 'checkpoint')}). Put the run folder "
+                    "(--output_folder_path) on storage every machine sees, or start afresh "
+                    "with --overwrite_output_folder.")
         return phase_index, epoch
 
     # ------------------------------------------------------------------ logging
@@ -276,7 +341,12 @@ class Trainer:
     def _run_epoch(self, train_step, phase, phase_index, epoch, global_epoch):
         rate = self.schedule(epoch)
         self._set_learning_rates(rate)
-        dataset = self.data.epoch_dataset(global_epoch)
+        if self.distributed:
+            dataset = distribute.distribute_batches(
+                self.strategy, lambda: self.data.epoch_dataset(global_epoch),
+                self.cross_modality)
+        else:
+            dataset = self.data.epoch_dataset(global_epoch)
         steps = self.data.steps_per_epoch
         progbar = keras.utils.Progbar(steps, verbose=(1 if sys.stdout.isatty() else 2)
                                       if self.verbose else 0,
@@ -300,7 +370,8 @@ class Trainer:
             for name, value in values.items():
                 sums[name] += value
             count += 1
-            images_seen += int(images.shape[0])
+            images_seen += (int(self.data.batch_size) if self.distributed
+                            else int(images.shape[0]))
             progbar.update(count, [(name, value) for name, value in values.items()])
         elapsed = time.time() - started
         row = {"phase": phase.name, "epoch": epoch + 1, "global_epoch": global_epoch + 1,
