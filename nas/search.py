@@ -11,8 +11,10 @@ The dataset and batch flags are those of ``solution.py`` (``reid_tf.flags.define
 ``identity_num_per_batch``, ``image_num_per_identity``, ``steps_per_epoch``, ``epoch_num``,
 ``output_folder_path``, ``workers``, ``seed``, ``deterministic``, ``cache_images``,
 ``strategy``, ``mixed_precision``, ``jit_compile``), with the reference search's defaults
-(MSMT17, 256×128, 16 × 4, one sampler pass per epoch, 350 epochs). The search's own flags
-follow the reference ``search.py`` (msinet.md §9.1a):
+(MSMT17, 256×128, 16 × 4, one sampler pass per epoch, 350 epochs). ``--strategy`` runs the
+msi search on several GPUs (``mirrored``) or machines (``multi_worker`` with ``TF_CONFIG``);
+see :mod:`nas.searcher` and the README. The search's own flags follow the reference
+``search.py`` (msinet.md §9.1a):
 
 =============================  ==================  ============================================
 flag                           default             reference
@@ -135,6 +137,7 @@ class SearchConfig:
     deterministic: bool = False
     cache_images: bool = False
     jit_compile: bool = False
+    strategy: str = "default"
     search_space: str = "msi"
     learning_rate: float = 0.025
     momentum: float = 0.9
@@ -224,6 +227,9 @@ class SearchConfig:
         check(not self.mixed_precision,
               f"--mixed_precision={self.mixed_precision!r}: the search runs in float32 only "
               "(the memories and α are float32); leave it empty.")
+        from reid_tf.flags import STRATEGIES
+        check(self.strategy in STRATEGIES,
+              f"--strategy={self.strategy!r}: expected one of {', '.join(STRATEGIES)}.")
         if self.search_space == "bn_split":
             self._validate_bn_split(check)
 
@@ -378,9 +384,6 @@ def config_from_flags(values):
 
     Flags left at their defaults take the search space's :data:`SPACE_DEFAULTS`.
     """
-    if values.strategy != "default":
-        raise flags.ValidationError(f"--strategy={values.strategy!r}: the search runs on one "
-                                    "device; use --strategy=default.")
     from reid_tf.flags import parse_dataset_options
     saved_to = {value for value in (values.save_genotype_to, values.save_config_to) if value}
     if len(saved_to) > 1:
@@ -396,6 +399,7 @@ def config_from_flags(values):
         output_folder_path=values.output_folder_path, workers=values.workers,
         seed=values.seed, deterministic=values.deterministic,
         cache_images=values.cache_images, jit_compile=values.jit_compile,
+        strategy=values.strategy,
         mixed_precision=values.mixed_precision, search_space=values.search_space,
         learning_rate=values.search_learning_rate, momentum=values.search_momentum,
         weight_decay=values.search_weight_decay,
@@ -439,12 +443,19 @@ def main(argv):
         for name, value in dataclasses.asdict(config).items():
             print(f"{name} {value}")
         return
+    from reid_tf.training import distribute
+    try:
+        # First: a multi-worker strategy must exist before TensorFlow runs anything.
+        strategy = distribute.create_strategy(config.strategy)
+    except distribute.DistributionError as error:
+        raise app.UsageError(str(error)) from None
     from reid_tf.training.run import print_flags
     from nas.searcher import Searcher
     print_flags(FLAGS)
-    searcher = Searcher(config)
+    print(distribute.describe(strategy), flush=True)
+    searcher = Searcher(config, strategy=strategy)
     result = searcher.search()
-    print(f"Search finished; result in {searcher.folder}: {result}", flush=True)
+    print(f"Search finished; result in {searcher.chief_folder}: {result}", flush=True)
 
 
 def run_cli(argv=None):

@@ -32,6 +32,20 @@ The iteration with an architecture step and the weight-only iteration are one ``
 each (gradient tapes inside), each traced once for the whole search; without the accumulated
 valid gradient the former is the architecture step's function followed by the weight step's.
 
+Distribution (``--strategy``, :mod:`reid_tf.training.distribute`)
+-----------------------------------------------------------------
+The network, α, the memories and both optimisers are built inside the strategy's scope, and
+with several replicas every BN is synchronised across them. Each replica receives ``P / R``
+whole identities of every train and valid batch and back-propagates its share ``L / R`` of the
+batch mean (the memory losses are per sample, so the replicas' shares add up to the one-device
+loss); the optimisers sum the replicas' gradients. Before a memory update the normalised
+features and labels are all-gathered in global batch order and every replica applies the same
+sequential update to its copy, so the copies stay identical. The reported losses are global.
+The second-order (``unrolled``) step needs one replica, and a search space runs on several
+replicas only if it says so (``supports_replicas``: ``msi`` does). On a multi-worker run only
+the chief writes the run folder; the other workers write into a temporary folder removed at
+the end.
+
 Outputs (run folder, ``<output_folder_path>/<dataset_name>_search``)
 --------------------------------------------------------------------
 ``genotype.json`` (the current result, rewritten at each genotype interval and at the end; the
@@ -58,6 +72,7 @@ from nas.search import SEARCH_SPACE_NAMES, SearchConfig, run_folder  # noqa: F40
 from nas.genotypes import AlphaHistory, derive_genotype, plot_alpha_history, write_genotype
 from nas.model_search import SearchNetwork
 from nas.tcm import ClusterMemory, EndlessBatches, separate_trainval
+from reid_tf.training import distribute
 
 VALID_SEED_OFFSET = 1_000_003
 PRINT_FREQUENCY = 100
@@ -85,6 +100,9 @@ class SearchSpace(abc.ABC):
     # Optional hooks (defaults keep the msi behaviour):
     # epochs at the start that take weight steps only (no architecture step, no valid batch).
     weights_only_epochs = 0
+    # Whether the losses and commits work on several replicas in sync (per-sample losses,
+    # memory updates on all-gathered features); spaces that do not say so run on one.
+    supports_replicas = False
 
     @property
     @abc.abstractmethod
@@ -185,6 +203,7 @@ class MsiSearchSpace(SearchSpace):
 
     name = "msi"
     result_file_name = "genotype.json"
+    supports_replicas = True
 
     def __init__(self, config, dataframe, input_shape):
         from reid_tf.data.augmentation import build_augmentation
@@ -267,10 +286,13 @@ class MsiSearchSpace(SearchSpace):
         return self._loss(self.valid_memory, images, labels)
 
     def commit_train(self, aux):
-        self.train_memory.update(aux["normalized"], aux["labels"])
+        # Several replicas: each updates its copy with the whole batch, in global order.
+        self.train_memory.update(*distribute.all_gather_batch((aux["normalized"],
+                                                               aux["labels"])))
 
     def commit_valid(self, aux):
-        self.valid_memory.update(aux["normalized"], aux["labels"])
+        self.valid_memory.update(*distribute.all_gather_batch((aux["normalized"],
+                                                               aux["labels"])))
 
     def checkpoint_objects(self):
         return {"model": self.network.training_model, "alpha": self.network.alpha,
@@ -324,14 +346,29 @@ class BilevelStep:
       architecture update alone (the train batch is only used by the unrolled gradient).
 
     Each is traced once and returns a dict of scalar tensors; calling the object runs
-    ``full_step`` or ``weight_step``.
+    ``full_step`` or ``weight_step``. Under a ``strategy`` other than the default one the
+    batches are per-replica values, each step runs on every replica (``strategy.run``) and the
+    returned values are the global ones.
     """
 
     def __init__(self, space, weight_optimizer, arch_optimizer, accumulate_valid_gradients=True,
-                 unrolled=False, jit_compile=False):
+                 unrolled=False, jit_compile=False, strategy=None):
         self.space = space
         self.weight_optimizer = weight_optimizer
         self.unrolled = bool(unrolled)
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.distributed = distribute.is_distributed(self.strategy)
+        self.replicas = distribute.num_replicas(self.strategy)
+        if self.replicas > 1 and self.unrolled:
+            raise ValueError(f"--unrolled needs one replica, --strategy gives {self.replicas} "
+                             "(the virtual weight step is not distributed); drop --unrolled or "
+                             "use --strategy=default.")
+        if self.replicas > 1 and not space.supports_replicas:
+            raise ValueError(f"--search_space={space.name} runs on one replica only, "
+                             f"--strategy gives {self.replicas}; use --strategy=default.")
+        if jit_compile and self.distributed:
+            raise ValueError("--jit_compile is not available with --strategy mirrored or "
+                             "multi_worker; drop one of the two flags.")
         self.accumulate = bool(accumulate_valid_gradients) and not self.unrolled
         self.architect = Architect(space.weight_variables, space.arch_variables,
                                    weight_optimizer, arch_optimizer, unrolled=unrolled,
@@ -339,9 +376,35 @@ class BilevelStep:
         # No tensor-dependent Python control flow in the steps: autograph is not needed.
         options = {"jit_compile": bool(jit_compile), "reduce_retracing": True,
                    "autograph": False}
-        self.full_step = tf.function(self._full_step, **options)
-        self.weight_step = tf.function(self._weight_step, **options)
-        self.architecture_step = tf.function(self._architecture_step, **options)
+        self.full_step = tf.function(self._on_replicas(self._full_step), **options)
+        self.weight_step = tf.function(self._on_replicas(self._weight_step), **options)
+        self.architecture_step = tf.function(self._on_replicas(self._architecture_step),
+                                             **options)
+
+    def _on_replicas(self, step):
+        """``step`` itself, or under a strategy: ``step`` on every replica with the values
+        summed (each replica returns its share of the global value, see :meth:`_share`)."""
+        if not self.distributed:
+            return step
+        strategy = self.strategy
+
+        def distributed_step(*args):
+            values = strategy.run(step, args=args)
+            return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                    for name, value in values.items()}
+
+        return distributed_step
+
+    def _share(self, result):
+        """A replica's share ``(L / R, aux)`` of a space loss ``(L, aux)`` (``aux["accuracy"]``
+        likewise): summed over the replicas it is the global batch mean."""
+        if self.replicas == 1:
+            return result
+        loss, aux = result
+        aux = dict(aux)
+        if "accuracy" in aux:
+            aux["accuracy"] = aux["accuracy"] / self.replicas
+        return loss / self.replicas, aux
 
     # Building blocks (traced inside the tf.functions)
     def _architecture_update(self, train_images, train_labels, valid_images, valid_labels):
@@ -354,7 +417,7 @@ class BilevelStep:
                 lambda: space.valid_loss(valid_images, valid_labels))
         else:
             loss, aux, arch_gradients, weight_gradients = self.architect.first_order_gradients(
-                lambda: space.valid_loss(valid_images, valid_labels))
+                lambda: self._share(space.valid_loss(valid_images, valid_labels)))
         space.commit_valid(aux)
         self.architect.apply(arch_gradients)
         return loss, weight_gradients
@@ -363,7 +426,7 @@ class BilevelStep:
         space = self.space
         variables = space.weight_variables
         with tf.GradientTape() as tape:
-            loss, aux = space.train_loss(images, labels)
+            loss, aux = self._share(space.train_loss(images, labels))
         gradients = tape.gradient(loss, variables)
         if extra_gradients is not None:
             gradients = _add_gradients(gradients, extra_gradients)
@@ -424,21 +487,25 @@ class Searcher:
       dataframe: the dataset table; default: ``load_dataset(config.dataset_name,
         config.root_folder_path, **config.dataset_options)``.
       after_epoch: optional ``callback(searcher, epoch)`` run after each epoch's checkpoint.
+      strategy: the ``tf.distribute`` strategy; default: made from ``config.strategy``
+        (a multi-worker strategy should be made at the start of the program and passed in).
     """
 
-    def __init__(self, config, dataframe=None, after_epoch=None):
+    def __init__(self, config, dataframe=None, after_epoch=None, strategy=None):
         config.validate()
         self.config = config
+        self.strategy = (strategy if strategy is not None
+                         else distribute.create_strategy(getattr(config, "strategy", "default")))
         from reid_tf.training.run import configure_runtime
         configure_runtime(config)  # seeds (Python, numpy, TF), op determinism
         self.after_epoch = after_epoch
-        self.folder = run_folder(config)
+        # Only the chief writes the run folder; other workers write into a temporary one.
+        self.chief_folder = run_folder(config)
+        self.folder = distribute.worker_output_folder(self.chief_folder, self.strategy)
         os.makedirs(self.folder, exist_ok=True)
         self.log_path = os.path.join(self.folder, "search.log")
 
         from reid_tf.data import dataset_protocol, load_dataset
-        from reid_tf.training.optimizers import TorchAdam
-        from reid_tf.training.schedules import LearningRateSchedule
 
         self.protocol = dataset_protocol(config.dataset_name)
         if self.protocol in CROSS_MODALITY_PROTOCOLS and config.search_space == "msi":
@@ -459,7 +526,37 @@ class Searcher:
         if config.search_space not in SEARCH_SPACES:
             raise ValueError(f"--search_space={config.search_space!r}: no search space of that "
                              f"name is registered ({', '.join(sorted(SEARCH_SPACES))}).")
+        distribute.check_identities_per_replica(config.identity_num_per_batch, self.strategy)
+        with self.strategy.scope():
+            self._build(config, dataframe, input_shape)
+        # Host-side bookkeeping (outside the scope: no per-replica copies of strings).
+        self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self._train_state = tf.Variable("", dtype=tf.string, trainable=False,
+                                        name="train_data_state")
+        self._valid_state = tf.Variable("", dtype=tf.string, trainable=False,
+                                        name="valid_data_state")
+        self.checkpoint = tf.train.Checkpoint(
+            weight_optimizer=self.weight_optimizer, arch_optimizer=self.arch_optimizer,
+            epoch=self._epoch, train_data_state=self._train_state,
+            valid_data_state=self._valid_state, **self.space.checkpoint_objects())
+        self.checkpoint_manager = self._checkpoint_manager()
+        self.history_path = os.path.join(self.folder, "history.csv")
+        self.alpha_history = self.space.alpha_history(os.path.join(self.folder,
+                                                                   "alpha_history.npz"))
+        self.summary_writer = tf.summary.create_file_writer(os.path.join(self.folder,
+                                                                         "tensorboard"))
+        self._evaluation_steps = None
+        self.last_evaluation = None
+
+    def _build(self, config, dataframe, input_shape):
+        """The space, the schedules, both optimisers and the step (inside the strategy's
+        scope)."""
+        from reid_tf.training.optimizers import TorchAdam
+        from reid_tf.training.schedules import LearningRateSchedule
+
         self.space = SEARCH_SPACES[config.search_space](config, dataframe, input_shape)
+        if self.strategy.num_replicas_in_sync > 1:
+            distribute.synchronize_batch_normalization(self.space.weights_model)
 
         self.weight_schedule = LearningRateSchedule(
             mode="warmup_multistep", base=config.learning_rate,
@@ -479,25 +576,8 @@ class Searcher:
         self.arch_optimizer.build(self.space.arch_variables)
         self.step = BilevelStep(self.space, self.weight_optimizer, self.arch_optimizer,
                                 accumulate_valid_gradients=not config.clean_bilevel,
-                                unrolled=config.unrolled, jit_compile=config.jit_compile)
-
-        self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self._train_state = tf.Variable("", dtype=tf.string, trainable=False,
-                                        name="train_data_state")
-        self._valid_state = tf.Variable("", dtype=tf.string, trainable=False,
-                                        name="valid_data_state")
-        self.checkpoint = tf.train.Checkpoint(
-            weight_optimizer=self.weight_optimizer, arch_optimizer=self.arch_optimizer,
-            epoch=self._epoch, train_data_state=self._train_state,
-            valid_data_state=self._valid_state, **self.space.checkpoint_objects())
-        self.checkpoint_manager = self._checkpoint_manager()
-        self.history_path = os.path.join(self.folder, "history.csv")
-        self.alpha_history = self.space.alpha_history(os.path.join(self.folder,
-                                                                   "alpha_history.npz"))
-        self.summary_writer = tf.summary.create_file_writer(os.path.join(self.folder,
-                                                                         "tensorboard"))
-        self._evaluation_steps = None
-        self.last_evaluation = None
+                                unrolled=config.unrolled, jit_compile=config.jit_compile,
+                                strategy=self.strategy)
 
     # ------------------------------------------------------------------ logging
     def log(self, text):
@@ -554,17 +634,27 @@ class Searcher:
         disk.
         """
         self.checkpoint_manager = self._checkpoint_manager()
-        latest = self.checkpoint_manager.latest_checkpoint
-        if latest is None:
-            return 0
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
-        train_state = self._train_state.numpy().decode()
-        if train_state:
-            self.space.train_data.set_state(train_state)
-        valid_state = self._valid_state.numpy().decode()
-        if valid_state:
-            self.space.valid_data.set_state(valid_state)
-        return int(self._epoch.numpy())
+        # Every worker resumes from the chief's checkpoint (the others write elsewhere).
+        latest = tf.train.latest_checkpoint(os.path.join(self.chief_folder, "checkpoint"))
+        epoch = 0
+        if latest is not None:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            train_state = self._train_state.numpy().decode()
+            if train_state:
+                self.space.train_data.set_state(train_state)
+            valid_state = self._valid_state.numpy().decode()
+            if valid_state:
+                self.space.valid_data.set_state(valid_state)
+            epoch = int(self._epoch.numpy())
+        task_type, _ = distribute.worker_task(self.strategy)
+        if task_type is not None and float(
+                distribute.mean_over_workers(self.strategy, float(epoch))) != float(epoch):
+            raise RuntimeError(
+                f"The workers of this multi-worker search resume from different checkpoints "
+                f"(this one after epoch {epoch}, from {os.path.join(self.chief_folder, 'checkpoint')}"
+                "). Put --output_folder_path on storage every machine sees, or remove the run "
+                "folder to start afresh.")
+        return epoch
 
     def _save_checkpoint(self, completed_epochs):
         self._epoch.assign(completed_epochs)
@@ -659,9 +749,12 @@ class Searcher:
             if self.after_epoch is not None:
                 self.after_epoch(self, epoch)
         result = self._log_architecture(config.epoch_num, final=True)
-        if config.save_genotype_to:
+        if config.save_genotype_to and distribute.is_chief(self.strategy):
             path = self.space.write_result(result, os.path.expanduser(config.save_genotype_to))
             self.log(f"Published the result to {path}.")
+        if not distribute.is_chief(self.strategy):
+            self.summary_writer.close()
+            distribute.remove_worker_output_folder(self.folder, self.strategy)
         return result
 
     def _run_epoch(self, epoch):
@@ -674,7 +767,12 @@ class Searcher:
         self.space.begin_epoch(epoch)
         architecture_active = epoch >= self.space.weights_only_epochs
         data = self.space.train_data
-        dataset = data.epoch_dataset(epoch)
+        if self.step.distributed:
+            dataset = distribute.distribute_batches(
+                self.strategy, lambda: data.epoch_dataset(epoch),
+                getattr(data, "cross_modality", False))
+        else:
+            dataset = data.epoch_dataset(epoch)
         self.log(f"Epoch {epoch + 1}/{config.epoch_num}: learning rate {rate:.6g}, architecture "
                  f"learning rate {arch_rate:.6g}, {data.steps_per_epoch} steps.")
         sums = {"loss": 0.0, "accuracy": 0.0, "valid_loss": 0.0}
@@ -685,6 +783,10 @@ class Searcher:
             valid_images = valid_labels = None
             if architecture_active:
                 valid_images, valid_labels = self.space.valid_data.next()
+                if self.step.distributed:
+                    valid_images, valid_labels = distribute.split_batch(
+                        self.strategy, valid_images, valid_labels,
+                        getattr(data, "cross_modality", False))
             update = architecture_active and not (step == 0 and skip_first)
             values = self.step(images, labels, valid_images, valid_labels,
                                architecture_update=update)

@@ -134,6 +134,12 @@ class ClusterMemory(tf.Module):
     ``loss(x, y)`` returns ``(loss, x̂)``; call ``update(x̂, y)`` after taking the gradient of
     the loss (the reference updates the memory in the backward pass, with the slots as they
     were in the forward pass).
+
+    Under a ``tf.distribute`` strategy (built inside its scope) every replica holds its own copy
+    of the slots (an on-read variable; checkpoints store the first replica's copy): the loss
+    reads the replica's copy, and ``update`` — called on every replica with the same
+    all-gathered features and labels in global batch order — applies the same sequential
+    update to each copy, so the copies stay identical.
     """
 
     def __init__(self, num_features, num_slots, temperature=MEMORY_TEMPERATURE,
@@ -152,7 +158,9 @@ class ClusterMemory(tf.Module):
         self.temperature = float(temperature)
         self.momentum = float(momentum)
         self.features = tf.Variable(tf.zeros((self.num_slots, self.num_features), tf.float32),
-                                    trainable=False, name="features")
+                                    trainable=False, name="features",
+                                    synchronization=tf.VariableSynchronization.ON_READ,
+                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     def loss(self, features, labels):
         """Mean cross-entropy of ``x̂ Fᵀ / τ``; returns ``(loss, x̂)``.
@@ -175,21 +183,25 @@ class ClusterMemory(tf.Module):
         """Sequential momentum update, sample by sample in batch order (not vectorised).
 
         ``F[y_i] ← m F[y_i] + (1 − m) x̂_i`` then ``F[y_i] ← F[y_i] / ‖F[y_i]‖₂`` for
-        ``i = 0..B−1``; ``normalized_features`` are used as constants.
+        ``i = 0..B−1``; ``normalized_features`` are used as constants. The loop runs on the
+        slots as a tensor and the result is assigned once (on-read variables have no scatter
+        updates); each sample sees the slots updated by the samples before it.
         """
         normalized = tf.stop_gradient(tf.cast(normalized_features, tf.float32))
         labels = tf.cast(labels, tf.int32)
         momentum = tf.constant(self.momentum, tf.float32)
 
-        def body(index):
+        def body(index, slots):
             label = labels[index]
-            row = momentum * tf.gather(self.features, label) + (1.0 - momentum) * normalized[index]
+            row = momentum * tf.gather(slots, label) + (1.0 - momentum) * normalized[index]
             row = row / tf.norm(row)
-            self.features.scatter_nd_update(tf.reshape(label, (1, 1)), row[tf.newaxis])
-            return (index + 1,)
+            slots = tf.tensor_scatter_nd_update(slots, tf.reshape(label, (1, 1)),
+                                                row[tf.newaxis])
+            return index + 1, slots
 
-        tf.while_loop(lambda index: index < tf.shape(normalized)[0], body,
-                      (tf.constant(0, tf.int32),))
+        _, slots = tf.while_loop(lambda index, _: index < tf.shape(normalized)[0], body,
+                                 (tf.constant(0, tf.int32), tf.convert_to_tensor(self.features)))
+        self.features.assign(slots)
         return self.features
 
 
