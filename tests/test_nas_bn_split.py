@@ -161,7 +161,7 @@ def test_per_identity_half_split(cache_folder):
     assert set(other["image_file_path"]) != set(weights["image_file_path"])
 
 
-def test_official_val_split_uses_the_sysu_validation_identities(cache_folder):
+def test_official_val_split_uses_the_sysu_validation_identities(cache_folder, tmp_path):
     frame = load_tiny("Synthetic_SYSU", cache_folder)
     train = frame[frame["split"] == "train"].reset_index(drop=True)
     path = sysu_split_file(train, "val")
@@ -172,6 +172,19 @@ def test_official_val_split_uses_the_sysu_validation_identities(cache_folder):
     assert set(weights["identity_ID"]) == set(train_ids)
     assert set(architecture["identity_ID"]) == set(val_ids)
     assert len(weights) + len(architecture) == len(train)
+
+    # The space's data with this split (no network built): classifier-free α loss, labels of
+    # each part from its own identities.
+    space = BnSplitSearchSpace.__new__(BnSplitSearchSpace)
+    space.protocol = "sysu_mm01"
+    space._make_data(make_config(cache_folder, str(tmp_path / "run"),
+                                 bn_split_data_split="official_val"), train)
+    assert not space.arch_uses_classifier
+    assert sorted(space.weight_label_map) == sorted(train_ids)
+    assert sorted(space.arch_label_map.values()) == [0, 1]
+    images, labels = space.valid_data.next()
+    assert images.shape == (8, HEIGHT, WIDTH, 3)
+    np.testing.assert_array_equal(labels[:4], labels[4:])  # identity-aligned halves
 
 
 def test_space_rejects_unsuitable_data(cache_folder, tmp_path):
