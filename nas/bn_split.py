@@ -251,38 +251,9 @@ class SwitchAlphaHistory(AlphaHistory):
 
     def __init__(self, file_path, layer_names):
         self.layer_names = [str(name) for name in layer_names]
-        super().__init__(file_path)
-        for alpha in self.alpha:
-            if alpha.shape != (len(self.layer_names), 2):
-                raise ValueError(f"{file_path}: holds α of shape {alpha.shape}, this search has "
-                                 f"{len(self.layer_names)} layers; use another run folder.")
-
-    def _check(self, alpha):
-        alpha = np.asarray(alpha.numpy() if hasattr(alpha, "numpy") else alpha, np.float64)
-        if alpha.shape != (len(self.layer_names), 2):
-            raise ValueError(f"α must have shape ({len(self.layer_names)}, 2) (one (split, share) "
-                             f"row per switchable BN), got {alpha.shape}.")
-        if not np.all(np.isfinite(alpha)):
-            raise ValueError("α holds non-finite values; the search diverged.")
-        return alpha.astype(np.float32)
-
-    def log(self, epoch, alpha):
-        """Record α after ``epoch`` completed epochs and rewrite the file."""
-        alpha = self._check(alpha)
-        if epoch in self.epochs:
-            self.alpha[self.epochs.index(epoch)] = alpha
-        else:
-            position = int(np.searchsorted(self.epochs, epoch, side="right"))
-            self.epochs.insert(position, int(epoch))
-            self.alpha.insert(position, alpha)
-        self.save()
-
-    def arrays(self):
-        alpha = (np.stack(self.alpha) if self.alpha
-                 else np.zeros((0, len(self.layer_names), 2), np.float32))
-        return {"epochs": np.asarray(self.epochs, np.int64), "alpha": alpha,
-                "weights": softmax_rows(alpha).astype(np.float32),
-                "layers": np.asarray(self.layer_names)}
+        super().__init__(file_path, shape=(len(self.layer_names), 2),
+                         meaning="one (split, share) row per switchable BN",
+                         labels={"layers": self.layer_names})
 
 
 def plot_switch_history(history, file_path, title="π_share of every switchable BN"):

@@ -19,12 +19,15 @@ from reid_tf.models.genotypes import GENOTYPE_LENGTH, save_genotype, validate_ge
 from reid_tf.models.msinet_ops import PRIMITIVES
 
 
-def _alpha_array(alpha):
+MSI_ALPHA_SHAPE = (GENOTYPE_LENGTH, len(PRIMITIVES))
+MSI_ALPHA_MEANING = (f"one row per interaction point, one column per operation of "
+                     f"{PRIMITIVES}")
+
+
+def _alpha_array(alpha, shape=MSI_ALPHA_SHAPE, meaning=MSI_ALPHA_MEANING):
     alpha = np.asarray(alpha.numpy() if hasattr(alpha, "numpy") else alpha, dtype=np.float64)
-    if alpha.shape != (GENOTYPE_LENGTH, len(PRIMITIVES)):
-        raise ValueError(f"α must have shape ({GENOTYPE_LENGTH}, {len(PRIMITIVES)}) (one row per "
-                         f"interaction point, one column per operation of {PRIMITIVES}), got "
-                         f"{alpha.shape}.")
+    if alpha.shape != tuple(shape):
+        raise ValueError(f"α must have shape {tuple(shape)} ({meaning}), got {alpha.shape}.")
     if not np.all(np.isfinite(alpha)):
         raise ValueError("α holds non-finite values; the search diverged.")
     return alpha
@@ -63,15 +66,26 @@ class AlphaHistory:
 
     ``epochs[i]`` is the number of completed epochs when entry ``i`` was logged. Logging the
     same epoch again replaces the entry (a resumed search logs the epoch it resumes at again).
+    Any search space can use it: ``shape`` is the shape of α, ``meaning`` explains it in errors
+    and ``labels`` (name -> sequence) are stored next to the arrays (default: the MSI space,
+    ``(12, 4)`` with the ``primitives``).
     """
 
-    def __init__(self, file_path):
+    def __init__(self, file_path, shape=MSI_ALPHA_SHAPE, meaning=MSI_ALPHA_MEANING,
+                 labels=None):
         self.file_path = file_path
+        self.shape = tuple(shape)
+        self.meaning = meaning
+        self.labels = dict(labels if labels is not None else {"primitives": PRIMITIVES})
         self.epochs, self.alpha = [], []
         if os.path.isfile(file_path):
             with np.load(file_path) as content:
                 self.epochs = [int(epoch) for epoch in content["epochs"]]
                 self.alpha = [np.asarray(row, np.float32) for row in content["alpha"]]
+            for alpha in self.alpha:
+                if alpha.shape != self.shape:
+                    raise ValueError(f"{file_path}: holds α of shape {alpha.shape}, this search "
+                                     f"has {self.shape}; use another run folder.")
 
     def truncate(self, last_epoch):
         """Drop entries logged after ``last_epoch`` completed epochs (resuming)."""
@@ -81,7 +95,7 @@ class AlphaHistory:
 
     def log(self, epoch, alpha):
         """Record α after ``epoch`` completed epochs and rewrite the file."""
-        alpha = _alpha_array(alpha).astype(np.float32)
+        alpha = _alpha_array(alpha, self.shape, self.meaning).astype(np.float32)
         if epoch in self.epochs:
             index = self.epochs.index(epoch)
             self.alpha[index] = alpha
@@ -94,12 +108,12 @@ class AlphaHistory:
         self.save()
 
     def arrays(self):
-        """``{"epochs", "alpha", "weights", "primitives"}`` as numpy arrays."""
-        alpha = np.stack(self.alpha) if self.alpha else np.zeros(
-            (0, GENOTYPE_LENGTH, len(PRIMITIVES)), np.float32)
-        return {"epochs": np.asarray(self.epochs, np.int64), "alpha": alpha,
-                "weights": softmax_rows(alpha).astype(np.float32),
-                "primitives": np.asarray(PRIMITIVES)}
+        """``{"epochs", "alpha", "weights", <labels>}`` as numpy arrays."""
+        alpha = np.stack(self.alpha) if self.alpha else np.zeros((0,) + self.shape, np.float32)
+        arrays = {"epochs": np.asarray(self.epochs, np.int64), "alpha": alpha,
+                  "weights": softmax_rows(alpha).astype(np.float32)}
+        arrays.update({name: np.asarray(values) for name, values in self.labels.items()})
+        return arrays
 
     def save(self):
         directory = os.path.dirname(os.path.abspath(self.file_path))
