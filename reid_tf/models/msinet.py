@@ -54,6 +54,7 @@ import tf_keras as keras
 from reid_tf.models.cmnas_config import ConfigError, read_config, validate_config
 from reid_tf.models.genotypes import GENOTYPE_LENGTH, resolve_genotype
 from reid_tf.models.msinet_ops import (
+    PointwiseConv2D,
     conv1x1,
     conv1x1_linear,
     conv_kernel_initializer,
@@ -450,12 +451,12 @@ def spatial_align_module(x, name="sam"):
     ``(B + 1, B, M)`` score tensor.
     """
     channels = x.shape[-1] // SAM_REDUCTION
-    query = keras.layers.Conv2D(channels, 1, use_bias=True,
-                                kernel_initializer=conv_kernel_initializer(),
-                                bias_initializer="zeros", name=f"{name}_query_conv")(x)
-    key = keras.layers.Conv2D(channels, 1, use_bias=True,
-                              kernel_initializer=conv_kernel_initializer(),
-                              bias_initializer="zeros", name=f"{name}_key_conv")(x)
+    query = PointwiseConv2D(channels, 1, use_bias=True,
+                            kernel_initializer=conv_kernel_initializer(),
+                            bias_initializer="zeros", name=f"{name}_query_conv")(x)
+    key = PointwiseConv2D(channels, 1, use_bias=True,
+                          kernel_initializer=conv_kernel_initializer(),
+                          bias_initializer="zeros", name=f"{name}_key_conv")(x)
     return SpatialAlignScores(name=f"{name}_scores")([x, query, key])
 
 
@@ -509,9 +510,9 @@ def _build_all(genotype, num_classes, input_shape, sam, bn_factory, name, bn_con
     sam_scores = spatial_align_module(x, name="sam") if sam else None
 
     v = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    f_map = keras.layers.Conv2D(PART_CHANNELS, 1, use_bias=True,
-                                kernel_initializer=conv_kernel_initializer(),
-                                bias_initializer="zeros", name="f_conv")(f_x)
+    f_map = PointwiseConv2D(PART_CHANNELS, 1, use_bias=True,
+                            kernel_initializer=conv_kernel_initializer(),
+                            bias_initializer="zeros", name="f_conv")(f_x)
     f_v = HalfSplitPooling(name="f_pool")(f_map)
 
     # Head layers, shared by the training model and the stand-alone head model.

@@ -120,6 +120,49 @@ def default_batch_norm(name, frozen_beta=False):
 
 
 # --------------------------------------------------------------------------------------------
+# Pointwise convolution
+# --------------------------------------------------------------------------------------------
+@keras.utils.register_keras_serializable(package="reid_tf")
+class PointwiseConv2D(keras.layers.Conv2D):
+    """A 1x1, stride-1 ``Conv2D`` (same weights, names and results) that trains as a matmul.
+
+    In training mode the convolution is computed as ``reshape(x, (-1, Cin)) @ kernel`` (then
+    bias and activation as ``Conv2D``): oneDNN's matmul backward (weight gradient
+    ``X^T dY``) is cheaper than its 1x1 ``Conv2DBackpropFilter``, most of all in bfloat16
+    (benchmarks/NOTES.md). In inference mode it stays a ``Conv2D`` so that TensorFlow's
+    remapper can fold the following inference-mode batch norm and ReLU into the convolution.
+    The kernel keeps the ``Conv2D`` layout ``(1, 1, Cin, Cout)``, so checkpoints, converters
+    and ``isinstance(layer, keras.layers.Conv2D)`` see an ordinary convolution.
+    """
+
+    def __init__(self, filters, kernel_size=1, **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        checks = {"kernel_size": (self.kernel_size, (1, 1)), "strides": (self.strides, (1, 1)),
+                  "dilation_rate": (self.dilation_rate, (1, 1)), "groups": (self.groups, 1),
+                  "data_format": (self.data_format, "channels_last")}
+        for argument, (value, expected) in checks.items():
+            if value != expected:
+                raise ValueError(f"PointwiseConv2D {self.name}: {argument} must be "
+                                 f"{expected!r}, got {value!r}.")
+
+    def call(self, inputs, training=None):
+        if training is not None and not isinstance(training, bool):
+            training = tf.get_static_value(training)
+        if not training:
+            return super().call(inputs)
+        channels = self.kernel.shape[-2]
+        shape = tf.shape(inputs)
+        outputs = tf.matmul(tf.reshape(inputs, [-1, channels]),
+                            tf.reshape(self.kernel, [channels, self.filters]))
+        outputs = tf.reshape(outputs, tf.concat([shape[:-1], [self.filters]], axis=0))
+        if self.use_bias:
+            outputs = tf.nn.bias_add(outputs, self.bias)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+
+# --------------------------------------------------------------------------------------------
 # Basic layers (§1). Each function builds named layers and applies them to x.
 # --------------------------------------------------------------------------------------------
 def conv_layer(x, filters, kernel_size, strides, padding, name, bn_factory=default_batch_norm):
@@ -141,9 +184,9 @@ def conv1x1(x, filters, name, bn_factory=default_batch_norm, activation=True):
 
     Layers: ``{name}_conv``, ``{name}_bn`` and, with activation, ``{name}_relu``.
     """
-    x = keras.layers.Conv2D(filters, 1, use_bias=False,
-                            kernel_initializer=conv_kernel_initializer(),
-                            name=f"{name}_conv")(x)
+    x = PointwiseConv2D(filters, 1, use_bias=False,
+                        kernel_initializer=conv_kernel_initializer(),
+                        name=f"{name}_conv")(x)
     x = bn_factory(f"{name}_bn")(x)
     if activation:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
@@ -161,9 +204,9 @@ def light_conv3x3(x, filters, name, bn_factory=default_batch_norm):
     There is no BN or activation between the two convolutions. Layers: ``{name}_conv1``
     (Conv2D), ``{name}_conv2`` (DepthwiseConv2D), ``{name}_bn``, ``{name}_relu``.
     """
-    x = keras.layers.Conv2D(filters, 1, use_bias=False,
-                            kernel_initializer=conv_kernel_initializer(),
-                            name=f"{name}_conv1")(x)
+    x = PointwiseConv2D(filters, 1, use_bias=False,
+                        kernel_initializer=conv_kernel_initializer(),
+                        name=f"{name}_conv1")(x)
     x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False,
                                      depthwise_initializer=DepthwiseKaimingNormal(),
                                      name=f"{name}_conv2")(x)
