@@ -44,6 +44,7 @@ BN-split search supernet exactly as ``build_cmnas_resnet50(..., mixed=True)`` do
 architecture variable ``alpha`` per BN, :func:`switchable_variable_groups` and
 :func:`derived_switchable_config` give the search what it needs).
 """
+import contextlib
 import numbers
 import os
 
@@ -460,6 +461,27 @@ def spatial_align_module(x, name="sam"):
     return SpatialAlignScores(name=f"{name}_scores")([x, query, key])
 
 
+@contextlib.contextmanager
+def float32_policy():
+    """Build the layers created inside the block with the ``float32`` dtype policy.
+
+    Under a mixed-precision global policy (``mixed_bfloat16``, ``mixed_float16``) the network
+    body computes in 16 bits; the layers whose outputs reach the losses or the evaluation
+    (pooled features, fc/BNNeck heads, classifiers) are built inside this block so that they
+    cast their inputs to float32 and compute and return float32. The global policy is
+    restored afterwards; under the float32 policy the block changes nothing.
+    """
+    previous = keras.mixed_precision.global_policy()
+    if previous.name == "float32":
+        yield
+        return
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def _dense(units, use_bias, name):
     return keras.layers.Dense(units, use_bias=use_bias,
                               kernel_initializer=linear_kernel_initializer(),
@@ -509,20 +531,24 @@ def _build_all(genotype, num_classes, input_shape, sam, bn_factory, name, bn_con
     x, f_x = msinet_backbone(images, genotype, bn_factory=bn_factory, mid_channels_rule="final")
     sam_scores = spatial_align_module(x, name="sam") if sam else None
 
-    v = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    # Under a mixed-precision policy the pooled features, the heads and everything the losses
+    # and the evaluation read are float32 (the backbone computes in float16/bfloat16).
+    with float32_policy():
+        v = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     f_map = PointwiseConv2D(PART_CHANNELS, 1, use_bias=True,
                             kernel_initializer=conv_kernel_initializer(),
                             bias_initializer="zeros", name="f_conv")(f_x)
-    f_v = HalfSplitPooling(name="f_pool")(f_map)
+    with float32_policy():
+        f_v = HalfSplitPooling(name="f_pool")(f_map)
 
-    # Head layers, shared by the training model and the stand-alone head model.
-    global_channels, part_channels = x.shape[-1], 2 * PART_CHANNELS
-    fc = _dense(global_channels, False, "fc")
-    head_bn = bn_factory("head_bn", frozen_beta=True)
-    f_fc = _dense(part_channels, False, "f_fc")
-    f_head_bn = bn_factory("f_head_bn", frozen_beta=True)
-    classifier = _dense(num_classes, True, "classifier")
-    f_classifier = _dense(num_classes, True, "f_classifier")
+        # Head layers, shared by the training model and the stand-alone head model.
+        global_channels, part_channels = x.shape[-1], 2 * PART_CHANNELS
+        fc = _dense(global_channels, False, "fc")
+        head_bn = bn_factory("head_bn", frozen_beta=True)
+        f_fc = _dense(part_channels, False, "f_fc")
+        f_head_bn = bn_factory("f_head_bn", frozen_beta=True)
+        classifier = _dense(num_classes, True, "classifier")
+        f_classifier = _dense(num_classes, True, "f_classifier")
 
     def heads(v_tensor, f_v_tensor):
         n_v = head_bn(fc(v_tensor))
@@ -536,7 +562,8 @@ def _build_all(genotype, num_classes, input_shape, sam, bn_factory, name, bn_con
     training_outputs = {"embeddings": [v, f_v], **head_outputs}
     if sam:
         training_outputs["sam_scores"] = sam_scores
-    features = keras.layers.Concatenate(axis=-1, name="features")([v, f_v])
+    with float32_policy():
+        features = keras.layers.Concatenate(axis=-1, name="features")([v, f_v])
 
     training_model = keras.Model(inputs, training_outputs, name=f"{name}_training")
     inference_model = keras.Model(inputs, features, name=f"{name}_inference")

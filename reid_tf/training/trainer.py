@@ -76,6 +76,35 @@ def backbone_variable_ids(model, prefixes):
     return ids
 
 
+def uses_loss_scaling():
+    """True when the global Keras dtype policy computes in float16 (``mixed_float16``).
+
+    Its gradients need loss scaling; ``mixed_bfloat16`` has float32's exponent range and
+    needs none.
+    """
+    return keras.mixed_precision.global_policy().compute_dtype == "float16"
+
+
+def _unscaled_gradients(optimizer, gradients, skip_together=False):
+    """Divide the gradients by ``optimizer``'s loss scale (a ``LossScaleOptimizer``).
+
+    With ``skip_together`` (several optimiser groups, each a ``LossScaleOptimizer`` that skips
+    its update on a non-finite gradient) every gradient becomes NaN when any is non-finite, so
+    all groups skip the same steps and keep the same loss scale.
+    """
+    gradients = optimizer.get_unscaled_gradients(gradients)
+    if not skip_together:
+        return gradients
+    present = [gradient for gradient in gradients if gradient is not None]
+    if not present:
+        return gradients
+    finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(gradient))
+                                     for gradient in present]))
+    poison = tf.where(finite, 0.0, float("nan"))
+    return [None if gradient is None else gradient + tf.cast(poison, gradient.dtype)
+            for gradient in gradients]
+
+
 class Trainer:
     """Custom training loop; see the module docstring."""
 
@@ -114,6 +143,7 @@ class Trainer:
         self.jit_compile = jit_compile
         self.after_epoch = after_epoch
         self.last_evaluation = None
+        self.loss_scaling = uses_loss_scaling()
         os.makedirs(output_folder, exist_ok=True)
 
         # Optimiser groups: the backbone may train at a multiple of the head learning rate
@@ -130,6 +160,11 @@ class Trainer:
                 continue
             with self.strategy.scope():
                 optimizer = optimizer_factory(name)
+                if self.loss_scaling and not isinstance(
+                        optimizer, keras.mixed_precision.LossScaleOptimizer):
+                    # float16 gradients underflow: dynamic loss scaling (start 2**15, halve
+                    # on a non-finite step, which is skipped; double after 2000 good steps).
+                    optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
                 # Build on every variable up front: the frozen phase then trains a subset and
                 # the optimiser state carries over when the backbone is unfrozen (as in TF 2.2).
                 optimizer.build(variables)
@@ -165,6 +200,9 @@ class Trainer:
         for name, _, optimizer, ids in self.groups:
             indices = [i for i, v in enumerate(variables) if id(v) in ids]
             groups.append((optimizer, indices))
+        # With loss scaling, the last group's optimiser (the head: never frozen) scales the
+        # loss and unscales every gradient.
+        scaling_optimizer = groups[-1][0] if groups else None
 
         def step(images, labels):
             with tf.GradientTape() as tape:
@@ -179,7 +217,12 @@ class Trainer:
                 # Each replica back-propagates its share: the optimisers sum the replicas'
                 # gradients (one replica: the loss itself).
                 scaled = total / self.replicas if self.replicas > 1 else total
+                if self.loss_scaling:
+                    scaled = scaling_optimizer.get_scaled_loss(scaled)
             gradients = tape.gradient(scaled, variables)
+            if self.loss_scaling:
+                gradients = _unscaled_gradients(scaling_optimizer, gradients,
+                                                skip_together=len(groups) > 1)
             for optimizer, indices in groups:
                 pairs = [(gradients[i], variables[i]) for i in indices if gradients[i] is not None]
                 if pairs:
