@@ -27,7 +27,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from reid_tf.models.genotypes import GENOTYPE_LENGTH
-from reid_tf.models.msinet import CHANNELS, count_parameters, msinet_backbone
+from reid_tf.models.msinet import CHANNELS, count_parameters, float32_policy, msinet_backbone
 from reid_tf.models.msinet_ops import PRIMITIVES, default_batch_norm, make_operation
 
 NUM_ROWS = GENOTYPE_LENGTH  # 12 interaction points (6 cells x 2)
@@ -175,16 +175,20 @@ def build_search_models(num_classes, input_shape=(256, 128, 3), channels=CHANNEL
                              "(the network downsamples by 16).")
     images = keras.Input(shape=input_shape, name="images")
     alpha = keras.Input(shape=(NUM_OPS,), batch_size=NUM_ROWS, name="alpha")
-    weights = keras.layers.Softmax(axis=-1, name="arch_softmax")(alpha)
+    # Under a mixed-precision policy the relaxation weights, the pooled features (the memory
+    # losses' input) and the head stay float32; the mixtures cast their row to the body's dtype.
+    with float32_policy():
+        weights = keras.layers.Softmax(axis=-1, name="arch_softmax")(alpha)
     factories = [_mixture_factory(row, weights) for row in range(NUM_ROWS)]
     x, _ = msinet_backbone(images, factories, bn_factory=bn_factory, mid_channels_rule="search",
                            channels=channels)
-    features = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    normalized = bn_factory("head_bn", frozen_beta=True)(features)
-    logits = keras.layers.Dense(
-        int(num_classes), use_bias=False,
-        kernel_initializer=keras.initializers.RandomNormal(0.0, SEARCH_LINEAR_STDDEV),
-        name="classifier")(normalized)
+    with float32_policy():
+        features = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        normalized = bn_factory("head_bn", frozen_beta=True)(features)
+        logits = keras.layers.Dense(
+            int(num_classes), use_bias=False,
+            kernel_initializer=keras.initializers.RandomNormal(0.0, SEARCH_LINEAR_STDDEV),
+            name="classifier")(normalized)
     training_model = keras.Model([images, alpha], {"features": features, "logits": logits},
                                  name=f"{name}_training")
     inference_model = keras.Model([images, alpha], features, name=f"{name}_inference")
