@@ -7,8 +7,8 @@ between the ``<!-- results:begin -->`` and ``<!-- results:end -->`` markers of
 machine they were measured on. On a shared machine the best repeat is the figure to compare
 (other processes only ever slow a run down); the load average is printed next to it.
 
-Usage: ``python benchmarks/run_all.py [--quick] [--only train,inference] [--skip mixed_precision]
-[--no_readme]``
+Usage: ``python benchmarks/run_all.py [--quick] [--rounds 3] [--only train_float32,search]
+[--skip mixed_precision] [--no_readme]``
 """
 import argparse
 import datetime
@@ -59,27 +59,65 @@ def run_benchmark(name, quick):
     return record
 
 
-def _fmt(value, digits=1):
-    return "—" if value is None else f"{value:.{digits}f}"
+def figure(record):
+    """The benchmark's figure as "higher is better" (None for a failed run)."""
+    if not record or "error" in record:
+        return None
+    if "images_per_second" in record and "policies" not in record:
+        return record["images_per_second"]
+    if "seconds" in record and isinstance(record["seconds"], (int, float)):
+        return -record["seconds"]
+    if "policies" in record:
+        return 0.0  # accuracy comparison: the last run is kept
+    return None
+
+
+def keep_best(previous, record):
+    """The better of two records of one benchmark, with every round's figure and load."""
+    rounds = list((previous or {}).get("rounds", []))
+    value = figure(record)
+    if value is not None:
+        rounds.append({"figure": abs(value), "load_before": record.get("load_before"),
+                       "load_after": record.get("load_after")})
+    best = record
+    if previous and figure(previous) is not None and (value is None
+                                                      or figure(previous) > value):
+        best = previous
+    best = dict(best)
+    best["rounds"] = rounds
+    return best
 
 
 def _status(ok):
     return "met" if ok else "**not met** (see NOTES.md)"
 
 
+def _rounds(record):
+    count = len(record.get("rounds", [])) or 1
+    return f"best of {count} run{'s' if count > 1 else ''}"
+
+
+def _load(record):
+    return f"{record.get('load_before')}–{record.get('load_after')}"
+
+
 def table(records):
     """Markdown lines of the results table from the records by benchmark name."""
-    rows = ["| work | reference (PyTorch 2.13, fp32) | target | reid-tf best (median) | "
-            "load | status |", "|---|---|---|---|---|---|"]
+    rows = ["| work | reference (PyTorch 2.13, fp32) | target | reid-tf: best repeat (median) "
+            "| CPU s per call | load (1 min) | status |",
+            "|---|---|---|---|---|---|---|"]
+
+    def missing(title, reference, target):
+        rows.append(f"| {title} | {reference} | {target} | not measured | | | |")
 
     def rate_row(title, record, reference, target):
         if not record or "error" in record:
-            rows.append(f"| {title} | {reference} | {target} | not measured | | |")
+            missing(title, reference, target)
             return None
         best = record["images_per_second"]
         rows.append(f"| {title} | {reference} | {target} | {best:.1f} "
-                    f"({record['images_per_second_median']:.1f}) img/s | "
-                    f"{record['load_before']}–{record['load_after']} | "
+                    f"({record['images_per_second_median']:.1f}) img/s, {_rounds(record)} | "
+                    f"{record['cpu_seconds_per_call']:.2f} | {_load(record)} | "
                     f"{_status(best >= record['target_images_per_second'])} |")
         return best
 
@@ -92,40 +130,50 @@ def table(records):
     rate_row("MSINet inference, batch 128, bf16", records.get("inference_bfloat16"),
              "—", "≥ 64 img/s")
     search = records.get("search")
+    title = "MSI search step (architecture + weights, batch 32 each), fp32"
     if search and "error" not in search:
-        rows.append(f"| MSI search step (architecture + weights, batch 32 each), fp32 | 6.3 s | "
-                    f"≤ 2.1 s | {search['seconds']:.2f} ({search['seconds_median']:.2f}) s | "
-                    f"{search['load_before']}–{search['load_after']} | "
+        rows.append(f"| {title} | 6.3 s | ≤ 2.1 s | {search['seconds']:.2f} "
+                    f"({search['seconds_median']:.2f}) s, {_rounds(search)} | "
+                    f"{search['cpu_seconds_per_call']:.2f} | {_load(search)} | "
                     f"{_status(search['seconds'] <= search['target_seconds'])} |")
     else:
-        rows.append("| MSI search step | 6.3 s | ≤ 2.1 s | not measured | | |")
+        missing(title, "6.3 s", "≤ 2.1 s")
     cmc = records.get("cmc")
+    title = "CMC/mAP, 3368 x 15913 distance matrix"
     if cmc and "error" not in cmc:
-        rows.append(f"| CMC/mAP, 3368 x 15913 distances | 50 s | ≤ 2.5 s | "
-                    f"{cmc['seconds']:.2f} s | | {_status(cmc['seconds'] <= 2.5)} |")
+        rows.append(f"| {title} | 50 s | ≤ 2.5 s | {cmc['seconds']:.2f} s, {_rounds(cmc)} | | | "
+                    f"{_status(cmc['seconds'] <= 2.5)} |")
+    else:
+        missing(title, "50 s", "≤ 2.5 s")
     pipeline = records.get("pipeline")
     fastest = max([rate for rate in (train32, train16) if rate] or [0.0])
+    title = "input pipeline alone, `msinet` augmentation, 256x128, batch 64 (disk / cached)"
     if pipeline and "error" not in pipeline:
         slowest = min(pipeline["images_per_second"], pipeline["images_per_second_cached"])
-        rows.append(f"| input pipeline alone, `{pipeline['recipe']}` augmentation, 256x128, "
-                    f"batch {pipeline['batch_size']} (disk / cached) | — | ≥ 2 x training "
-                    f"({2 * fastest:.0f} img/s) | {pipeline['images_per_second']:.0f} / "
-                    f"{pipeline['images_per_second_cached']:.0f} img/s | | "
+        rows.append(f"| {title} | — | ≥ 2 x the fastest training ({2 * fastest:.0f} img/s) | "
+                    f"{pipeline['images_per_second']:.0f} / "
+                    f"{pipeline['images_per_second_cached']:.0f} img/s | | | "
                     f"{_status(slowest >= 2 * fastest)} |")
+    else:
+        missing(title, "—", "≥ 2 x training")
     mixed = records.get("mixed_precision")
+    title = "mAP after the same short synthetic training, fp32 / bf16"
     if mixed and "error" not in mixed:
         policies = mixed["policies"]
         fp32, bf16 = policies.get("float32"), policies.get("mixed_bfloat16")
         if fp32 and bf16:
             noise = max(fp32["mAP_spread"], bf16["mAP_spread"])
             difference = bf16["mAP_mean"] - fp32["mAP_mean"]
+            within = abs(difference) <= noise
             rows.append(
-                f"| mAP after the same short synthetic training ({mixed['epochs']} x "
-                f"{mixed['steps_per_epoch']} steps, seeds {mixed['seeds']}), fp32 / bf16 | — | "
+                f"| {title} ({mixed['epochs']} x {mixed['steps_per_epoch']} steps of the "
+                f"quick-start recipe, seeds {', '.join(map(str, mixed['seeds']))}) | — | "
                 f"bf16 within noise of fp32 | {100 * fp32['mAP_mean']:.2f}% / "
-                f"{100 * bf16['mAP_mean']:.2f}% (seed spread {100 * noise:.2f} points) | "
-                f"{mixed['load_before']}–{mixed['load_after']} | "
-                f"{'difference ' + format(100 * difference, '+.2f') + ' points'} |")
+                f"{100 * bf16['mAP_mean']:.2f}% (difference {100 * difference:+.2f}, seed "
+                f"spread {100 * noise:.2f} points) | | {_load(mixed)} | "
+                f"{'met' if within else '**outside the seed spread** (see NOTES.md)'} |")
+    else:
+        missing(title, "—", "within noise")
     return rows
 
 
@@ -162,6 +210,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a rough check)")
     parser.add_argument("--only", default="", help=f"comma-separated from {', '.join(BENCHMARKS)}")
     parser.add_argument("--skip", default="", help="comma-separated benchmarks to leave out")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every benchmark this many times (round-robin), keep the best")
     parser.add_argument("--no_readme", action="store_true",
                         help="print the table instead of rewriting README.md")
     args = parser.parse_args()
@@ -170,14 +220,21 @@ def main():
     unknown = [name for name in names + skipped if name not in BENCHMARKS]
     if unknown:
         raise SystemExit(f"Unknown benchmark(s) {unknown}; expected {', '.join(BENCHMARKS)}.")
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds={args.rounds}: must be >= 1.")
     records = {}
     if os.path.isfile(RESULTS):
         # Benchmarks not re-run keep their last figures in the table.
         with open(RESULTS, encoding="utf-8") as handle:
             records = json.load(handle)
-    for name in names:
-        if name not in skipped:
-            records[name] = run_benchmark(name, args.quick)
+    selected = [name for name in names if name not in skipped]
+    fresh = {}
+    for _ in range(args.rounds):
+        # Round-robin: on a shared machine each benchmark gets several chances of a quiet
+        # period; the best round is kept (every round's figure and load stay in "rounds").
+        for name in selected:
+            fresh[name] = keep_best(fresh.get(name), run_benchmark(name, args.quick))
+    records.update(fresh)
     with open(RESULTS, "w", encoding="utf-8") as handle:
         json.dump(records, handle, indent=1)
     if args.no_readme:
