@@ -554,7 +554,8 @@ class Searcher:
         from reid_tf.training.optimizers import TorchAdam
         from reid_tf.training.schedules import LearningRateSchedule
 
-        self.space = SEARCH_SPACES[config.search_space](config, dataframe, input_shape)
+        with distribute.keras_inputs_keep_batch_size():
+            self.space = SEARCH_SPACES[config.search_space](config, dataframe, input_shape)
         if self.strategy.num_replicas_in_sync > 1:
             distribute.synchronize_batch_normalization(self.space.weights_model)
 

@@ -38,10 +38,11 @@ global batch (up to float rounding):
   model (Keras ``BatchNormalization`` — FlipReID's tf2cv backbones and heads, MSINet, the
   search network — and :class:`~reid_tf.models.switchable_bn.TorchBatchNormalization` — CM-NAS
   and the switchable MSINet) compute its training statistics over the global batch
-  (:func:`cross_replica_moments`: an all-reduce of the sums, then of the squared deviations).
+  (:func:`cross_replica_moments`: one all-reduce of the sums, squared sums and counts, shifted by
+  the moving mean for accuracy).
   The moving statistics are then identical on every replica and equal the one-device ones;
-  Keras BNs that used the fused kernel keep its unbiased moving variance. Cost: two small
-  all-reduces per BN layer and pass, and the non-fused BN kernel.
+  Keras BNs that used the fused kernel keep its unbiased moving variance. Cost: one small
+  all-reduce per BN layer and pass (and one for its gradient), and the non-fused BN kernel.
 * **Cluster memories and other state.** Values updated inside a step from synchronised inputs
   (BN statistics, weight EMA, the search's cluster memories fed with all-gathered features in
   global batch order) stay identical on every replica.
@@ -50,6 +51,7 @@ global batch (up to float rounding):
   temporary folder that is deleted at the end (:func:`worker_output_folder`). Resuming a
   multi-worker run needs the run folder on storage every machine sees.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -316,20 +318,44 @@ def all_gather_batch(structure, cross_modality=False):
 
     Inside ``strategy.run`` with several replicas, each replica gets the whole batch (replica
     parts in replica order, visible–infrared parts put back as ``[all visible, all infrared]``,
-    see :func:`global_order`); the gradient flows back to every replica's own part (the
-    all-gather's gradient sums the replicas' upstream gradients). Elsewhere ``structure`` is
-    returned unchanged.
+    see :func:`global_order`); the gradient flows back to every replica's own part, summed
+    over the replicas. Elsewhere ``structure`` is returned unchanged. The parts must have the
+    same shape on every replica.
+
+    The gather is an all-reduce (sum) of the parts placed in their replica's slot of a
+    zero tensor: exact (``x + 0 = x``), differentiable (the gradient of an all-reduce is an
+    all-reduce), and it works on every strategy (``ReplicaContext.all_gather`` needs tensors
+    with device placements, which a multi-worker step does not have).
     """
     context = _replica_context()
     if context is None:
         return structure
     replicas = int(context.num_replicas_in_sync)
+    index = tf.reshape(tf.cast(context.replica_id_in_sync_group, tf.int32), [1, 1])
 
-    def gather(tensor):
+    def slots(tensor):
         tensor = tf.convert_to_tensor(tensor)
-        return global_order(context.all_gather(tensor, axis=0), replicas, cross_modality)
+        shape = tf.concat([[replicas], tf.shape(tensor)], axis=0)
+        return tf.scatter_nd(index, tensor[tf.newaxis], shape)
 
-    return tf.nest.map_structure(gather, structure)
+    tensors = [tf.convert_to_tensor(tensor) for tensor in tf.nest.flatten(structure)]
+    integer = [tensor.dtype.is_integer for tensor in tensors]
+    # Labels travel as float64 (exact below 2**53; the collectives reduce floats everywhere).
+    parts = [slots(tf.cast(tensor, tf.float64) if is_integer else tensor)
+             for tensor, is_integer in zip(tensors, integer)]
+    # One all-reduce per dtype (a multi-worker all-reduce packs its tensors together).
+    totals = [None] * len(parts)
+    for dtype in sorted({part.dtype for part in parts}, key=lambda dtype: dtype.name):
+        positions = [i for i, part in enumerate(parts) if part.dtype == dtype]
+        reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, [parts[i] for i in positions])
+        for position, total in zip(positions, reduced):
+            totals[position] = total
+    gathered = []
+    for total, tensor, is_integer in zip(totals, tensors, integer):
+        flat = tf.reshape(total, tf.concat([[-1], tf.shape(tensor)[1:]], axis=0))
+        flat = global_order(flat, replicas, cross_modality)
+        gathered.append(tf.cast(flat, tensor.dtype) if is_integer else flat)
+    return tf.nest.pack_sequence_as(structure, gathered)
 
 
 def mean_over_replicas(value):
@@ -340,14 +366,15 @@ def mean_over_replicas(value):
     return context.all_reduce(tf.distribute.ReduceOp.MEAN, tf.stop_gradient(value))
 
 
-def cross_replica_moments(inputs, axes, keepdims=False):
+def cross_replica_moments(inputs, axes, keepdims=False, shift=None):
     """Mean and (biased) variance of ``inputs`` over ``axes`` and over every replica, and the
     number of values per channel they cover.
 
-    With several replicas in sync: an all-reduce of the sums and counts gives the global mean,
-    then an all-reduce of the squared deviations from it gives the variance (two passes, as
-    ``tf.nn.moments``, so the values match the one-device ones to float rounding). Gradients
-    flow through the all-reduces. Otherwise ``tf.nn.moments``.
+    With several replicas in sync: one all-reduce of the per-replica sums of ``x - c`` and
+    ``(x - c)²`` and of the counts, where the shift ``c`` (``shift``, e.g. the BN layer's moving
+    mean, the same on every replica; default 0) keeps ``E[(x-c)²] - E[x-c]²`` accurate when
+    ``c`` is near the mean. Gradients flow through the all-reduce (the mean and variance are
+    exact functions of the inputs; ``c`` is a constant). Otherwise ``tf.nn.moments``.
     """
     inputs = tf.convert_to_tensor(inputs)
     shape = tf.shape(inputs)
@@ -356,16 +383,25 @@ def cross_replica_moments(inputs, axes, keepdims=False):
     if context is None:
         mean, variance = tf.nn.moments(inputs, axes, keepdims=keepdims)
         return mean, variance, local_count
-    local_sum = tf.reduce_sum(inputs, axes, keepdims=True)
-    total_sum, count = context.all_reduce(tf.distribute.ReduceOp.SUM, [local_sum, local_count])
-    mean = total_sum / count
-    deviations = tf.reduce_sum(tf.math.squared_difference(inputs, tf.stop_gradient(mean)), axes,
-                               keepdims=True)
-    variance = context.all_reduce(tf.distribute.ReduceOp.SUM, deviations) / count
+    rank = len(inputs.shape)
+    center = tf.zeros([], inputs.dtype) if shift is None else tf.stop_gradient(
+        tf.reshape(tf.cast(shift, inputs.dtype),
+                   [1 if axis in axes else -1 for axis in range(rank)]))
+    shifted = inputs - center
+    sums = tf.reduce_sum(shifted, axes, keepdims=True)
+    squares = tf.reduce_sum(tf.square(shifted), axes, keepdims=True)
+    counts = tf.fill(tf.shape(sums), local_count)
+    # One collective per call (and one for its gradient): sums, squares and counts packed.
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                               tf.stack([sums, squares, counts], axis=0))
+    count = total[2]
+    shifted_mean = total[0] / count
+    variance = tf.maximum(total[1] / count - tf.square(shifted_mean), 0.0)
+    mean = shifted_mean + center
     if not keepdims:
         mean = tf.squeeze(mean, axes)
         variance = tf.squeeze(variance, axes)
-    return mean, variance, count
+    return mean, variance, tf.reshape(count, [-1])[0]
 
 
 def mean_over_workers(strategy, value):
@@ -373,6 +409,24 @@ def mean_over_workers(strategy, value):
     value = tf.convert_to_tensor(value, tf.float32)
     per_replica = strategy.experimental_distribute_values_from_function(lambda _: value)
     return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
+
+@contextlib.contextmanager
+def keras_inputs_keep_batch_size():
+    """Inside a multi-replica ``strategy.scope()``, tf-keras divides the ``batch_size`` of
+    every ``keras.Input(..., batch_size=n)`` by the number of replicas (it reads it as a
+    global batch size). Models whose fixed-size inputs are not batches (the search network's
+    ``alpha`` input, 12 × 4) are built inside this context, which turns that division off (by
+    answering tf-keras' own question, ``global_batch_size_supported``, with no)."""
+    from tf_keras.src.engine import input_layer
+
+    utilities = input_layer.distributed_training_utils
+    saved = utilities.global_batch_size_supported
+    utilities.global_batch_size_supported = lambda strategy: False
+    try:
+        yield
+    finally:
+        utilities.global_batch_size_supported = saved
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,7 +446,8 @@ class _CrossReplicaKerasBatchNormalization:
     def _calculate_mean_and_var(self, inputs, reduction_axes, keep_dims, mask=None):
         if mask is not None:
             return super()._calculate_mean_and_var(inputs, reduction_axes, keep_dims, mask)
-        mean, variance, count = cross_replica_moments(inputs, reduction_axes, keep_dims)
+        mean, variance, count = cross_replica_moments(inputs, reduction_axes, keep_dims,
+                                                      shift=self.moving_mean)
         self._reid_sample_count = count
         return mean, variance
 
@@ -417,7 +472,7 @@ class _CrossReplicaTorchBatchNormalization:
         if not _resolve_training(training):
             return super().call(inputs, training=False)
         axes = list(range(len(inputs.shape) - 1))
-        mean, variance, count = cross_replica_moments(inputs, axes)
+        mean, variance, count = cross_replica_moments(inputs, axes, shift=self.moving_mean)
         self._update_moving_statistics(tf.stop_gradient(mean), tf.stop_gradient(variance),
                                        tf.stop_gradient(count))
         return tf.nn.batch_normalization(inputs, mean, variance, self.beta, self.gamma,
@@ -425,6 +480,18 @@ class _CrossReplicaTorchBatchNormalization:
 
 
 _SYNCHRONIZED_CLASSES = {}
+
+
+def _read_first_replica(*variables):
+    """Keras keeps BN moving statistics as on-read variables whose cross-replica value is the
+    mean over the replicas: every read outside a replica (a checkpoint, an ``.h5`` file, each
+    inference batch) is then an all-reduce, one per variable. Once the statistics are
+    synchronised the copies are identical, so reads take the first replica's copy instead
+    (the on-read aggregation ``ONLY_FIRST_REPLICA``; updates inside a replica are unchanged)."""
+    for variable in variables:
+        if getattr(variable, "synchronization", None) == tf.VariableSynchronization.ON_READ \
+                and hasattr(variable, "_aggregation") and getattr(variable, "_policy", None) is None:
+            variable._aggregation = tf.VariableAggregation.ONLY_FIRST_REPLICA  # noqa: SLF001
 
 
 def _synchronized_class(layer_class, mixin):
@@ -464,6 +531,7 @@ def synchronize_batch_normalization(model):
                                                   _CrossReplicaKerasBatchNormalization)
             layer.fused = False
             layer._reid_unbiased_moving_variance = unbiased  # noqa: SLF001
+            _read_first_replica(layer.moving_mean, layer.moving_variance)
             changed += 1
         elif isinstance(layer, TorchBatchNormalization):
             layer.__class__ = _synchronized_class(type(layer),

@@ -1,0 +1,528 @@
+"""Distribution (--strategy): per-replica batches, synchronised BN, the distributed first step
+equal to the one-device step, and a two-process multi-worker run of training and search.
+
+The mirrored checks need two logical CPU devices, which must be configured before TensorFlow
+initialises its devices: they run in a subprocess (this file run as a script, ``mirrored``
+mode) that writes its measurements to a JSON file the test asserts on.
+"""
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_SYNTHETIC = ("num_train_identities=8,num_test_identities=4,num_cameras=2,"
+                  "images_per_identity=4,num_junk_images=0,num_distractor_images=0")
+
+
+def _environment(**extra):
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1",
+                PYTHONPATH=REPOSITORY + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+
+
+# --------------------------------------------------------------------------------------------
+# In-process checks (one device)
+# --------------------------------------------------------------------------------------------
+def test_replica_parts_keep_whole_identities_and_modality_halves():
+    import tensorflow as tf
+
+    from reid_tf.training.distribute import global_order, replica_parts
+
+    # P = 4 identities x K = 2, two replicas: replica r gets identities 2r, 2r + 1.
+    labels = np.repeat(np.arange(4), 2)
+    parts = replica_parts(tf.constant(labels), 2).numpy()
+    np.testing.assert_array_equal(parts, [[0, 0, 1, 1], [2, 2, 3, 3]])
+    # Visible-infrared batch [V (8), I (8)]: replica r gets [V_r, I_r].
+    images = np.arange(16 * 3, dtype=np.float32).reshape(16, 3)
+    parts = replica_parts(tf.constant(images), 2, cross_modality=True).numpy()
+    np.testing.assert_array_equal(parts[0], np.concatenate([images[0:4], images[8:12]]))
+    np.testing.assert_array_equal(parts[1], np.concatenate([images[4:8], images[12:16]]))
+    # The all-gather order [V_0, I_0, V_1, I_1] goes back to the global order.
+    gathered = tf.constant(np.concatenate([parts[0], parts[1]]))
+    np.testing.assert_array_equal(global_order(gathered, 2, cross_modality=True).numpy(),
+                                  images)
+    np.testing.assert_array_equal(global_order(gathered, 2).numpy(), gathered.numpy())
+
+
+class _Strategy:
+    """A stand-in with the attributes the helpers read."""
+
+    def __init__(self, replicas=1, task_type=None, task_id=0, cluster=None):
+        self.num_replicas_in_sync = replicas
+        if task_type is None:
+            self.cluster_resolver = None
+        else:
+            import tensorflow as tf
+            self.cluster_resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+                tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
+
+
+def test_identities_must_split_over_replicas_and_chief_rules(tmp_path):
+    from reid_tf.training import distribute
+
+    with pytest.raises(distribute.DistributionError,
+                       match=r"--identity_num_per_batch=6 .* 4 replicas.*multiple of 4"):
+        distribute.check_identities_per_replica(6, _Strategy(4))
+    distribute.check_identities_per_replica(8, _Strategy(4))
+
+    workers = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    with_chief = {"chief": ["127.0.0.1:3"], **workers}
+    assert distribute.is_chief(_Strategy())
+    assert distribute.is_chief(_Strategy(2, "worker", 0, workers))
+    assert not distribute.is_chief(_Strategy(2, "worker", 1, workers))
+    assert not distribute.is_chief(_Strategy(3, "worker", 0, with_chief))
+    assert distribute.is_chief(_Strategy(3, "chief", 0, with_chief))
+    # The chief writes into the run folder, another worker into a temporary folder.
+    folder = str(tmp_path / "run")
+    assert distribute.worker_output_folder(folder, _Strategy(2, "worker", 0, workers)) == folder
+    other = _Strategy(2, "worker", 1, workers)
+    temporary = distribute.worker_output_folder(folder, other)
+    assert temporary != folder and os.path.isdir(temporary)
+    distribute.remove_worker_output_folder(temporary, other)
+    assert not os.path.exists(temporary)
+
+
+@pytest.mark.parametrize("value, message", [
+    (None, "needs the TF_CONFIG environment variable"),
+    ("{not json", "TF_CONFIG is not valid JSON"),
+    ('{"task": {"type": "worker", "index": 0}}', "no 'cluster'"),
+    ('{"cluster": {"worker": ["host"]}, "task": {"type": "worker", "index": 0}}',
+     "host:port"),
+    ('{"cluster": {"ps": ["a:1"]}, "task": {"type": "ps", "index": 0}}', "'worker'"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}', "'type'"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}',
+     r"index 2 .* \(0..1\)"),
+])
+def test_tf_config_is_checked(value, message):
+    from reid_tf.training.distribute import DistributionError, read_tf_config
+
+    environ = {} if value is None else {"TF_CONFIG": value}
+    with pytest.raises(DistributionError, match=message):
+        read_tf_config(environ)
+    good = '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}'
+    assert read_tf_config({"TF_CONFIG": good})["task"]["index"] == 1
+
+
+def test_strategy_names(monkeypatch):
+    import tensorflow as tf
+
+    from reid_tf.training import distribute
+
+    default = distribute.create_strategy("default")
+    assert default is tf.distribute.get_strategy() and not distribute.is_distributed(default)
+    assert "one device" in distribute.describe(default)
+    with pytest.raises(distribute.DistributionError, match="--strategy='ring'"):
+        distribute.create_strategy("ring")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(distribute.DistributionError, match="TF_CONFIG"):
+        distribute.create_strategy("multi_worker")
+
+
+def test_synchronised_batch_norm_on_one_replica_keeps_the_fused_statistics():
+    """On one replica the converted layers compute what they computed before: outputs, and
+    the moving variance of a (formerly fused) 4-D Keras BN still uses the unbiased batch
+    variance, computed here with numpy."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from reid_tf.models.switchable_bn import TorchBatchNormalization
+    from reid_tf.training.distribute import synchronize_batch_normalization
+
+    x = tf.constant(np.random.default_rng(0).normal(1.0, 2.0, (4, 3, 2, 5)), tf.float32)
+    inputs = keras.Input((3, 2, 5))
+    model = keras.Model(inputs, TorchBatchNormalization(name="torch_bn")(
+        keras.layers.BatchNormalization(momentum=0.5, epsilon=1e-3, name="bn")(inputs),
+        training=True))
+    bn = model.get_layer("bn")
+    assert bn.fused
+    reference = model(x, training=True).numpy()
+    bn.moving_variance.assign(np.ones(5, np.float32))
+    model.get_layer("torch_bn").moving_variance.assign(np.ones(5, np.float32))
+    assert synchronize_batch_normalization(model) == 2
+    assert synchronize_batch_normalization(model) == 0  # already converted
+    assert type(bn).__name__ == "CrossReplicaBatchNormalization" and not bn.fused
+    converted = model(x, training=True).numpy()
+    np.testing.assert_allclose(converted, reference, atol=1e-5)
+    unbiased = x.numpy().reshape(-1, 5).var(axis=0, ddof=1)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.5 + 0.5 * unbiased, rtol=1e-5)
+    # Same weights (names and order) as before: weight files stay interchangeable.
+    assert [w.name for w in model.weights][:4] == ["bn/gamma:0", "bn/beta:0",
+                                                   "bn/moving_mean:0", "bn/moving_variance:0"]
+
+
+# --------------------------------------------------------------------------------------------
+# Mirrored strategy on two logical CPUs (subprocess)
+# --------------------------------------------------------------------------------------------
+def _max_difference(first, second):
+    return max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+               if np.size(a) else 0.0 for a, b in zip(first, second))
+
+
+def _component_spread(variables):
+    """Largest difference between the per-replica copies of any distributed variable."""
+    spread = 0.0
+    for variable in variables:
+        copies = [value.numpy() for value in getattr(variable, "values", (variable,))]
+        spread = max([spread] + [float(np.max(np.abs(copy - copies[0]))) for copy in copies])
+    return spread
+
+
+def _bn_checks(strategy):
+    """Outputs, input/γ gradients and moving statistics of synchronised BN layers on two
+    replicas equal the one-device layer on the whole batch (float32)."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from reid_tf.models.switchable_bn import TorchBatchNormalization
+    from reid_tf.training import distribute
+
+    rng = np.random.default_rng(1)
+    cases = {
+        "keras_4d": (lambda: keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
+                     (8, 5, 3, 4)),
+        "keras_2d": (lambda: keras.layers.BatchNormalization(momentum=0.99, epsilon=2e-5),
+                     (8, 6)),
+        "torch_4d": (lambda: TorchBatchNormalization(), (8, 5, 3, 4)),
+    }
+    results = {}
+    for name, (make, shape) in cases.items():
+        x = rng.normal(1.0, 2.0, shape).astype(np.float32)
+        weights = rng.normal(size=shape).astype(np.float32)
+        gamma = rng.uniform(0.5, 1.5, shape[-1]).astype(np.float32)
+
+        def forward(layer, images, factors):
+            with tf.GradientTape() as tape:
+                tape.watch(images)
+                outputs = layer(images, training=True)
+                loss = tf.reduce_sum(outputs * factors)
+            return (outputs,) + tuple(tape.gradient(loss, [images, layer.gamma]))
+
+        single = make()
+        single.build(shape)
+        single.gamma.assign(gamma)
+        y, dx, dgamma = tf.function(forward)(single, tf.constant(x), tf.constant(weights))
+        with strategy.scope():
+            layer = make()
+            layer.build(shape)
+        layer.gamma.assign(gamma)
+        distribute.synchronize_batch_normalization(layer)
+        parts = distribute.split_batch(strategy, x, weights)
+        outputs = tf.function(lambda a, b: strategy.run(forward, args=(layer, a, b)))(*parts)
+        local = [strategy.experimental_local_results(value) for value in outputs]
+        results[name] = {
+            "outputs": _max_difference([np.concatenate(local[0])], [y]),
+            "input_gradients": _max_difference([np.concatenate(local[1])], [dx]),
+            "gamma_gradients": _max_difference([np.sum(local[2], axis=0)], [dgamma]),
+            "moving_mean": max(_max_difference([copy.numpy()], [single.moving_mean.numpy()])
+                               for copy in layer.moving_mean.values),
+            "moving_variance": max(
+                _max_difference([copy.numpy()], [single.moving_variance.numpy()])
+                for copy in layer.moving_variance.values),
+            "variance_moved": float(np.max(np.abs(single.moving_variance.numpy() - 1.0))),
+        }
+    return results
+
+
+def _batch_checks(strategy):
+    """Replica r of a distributed PK batch holds identities [r P/R, (r+1) P/R) (and, for
+    visible-infrared batches, its visible part then the matching infrared part); gathering
+    puts the global batch back together."""
+    import tensorflow as tf
+
+    from reid_tf.training import distribute
+
+    results = {}
+    for cross_modality, labels in ((False, np.repeat(np.arange(4), 2)),
+                                   (True, np.tile(np.repeat(np.arange(4), 2), 2))):
+        images = np.stack([labels * 10 + np.arange(len(labels)) % 2] * 3, axis=1)
+        images = images.astype(np.float32)
+        dataset = tf.data.Dataset.from_tensors((images, labels)).repeat(2)
+        batches = distribute.distribute_batches(strategy, lambda: dataset, cross_modality)
+        received = [[part.numpy().tolist() for part in strategy.experimental_local_results(y)]
+                    for _, y in batches]
+        parts = distribute.split_batch(strategy, images, labels, cross_modality)
+        gathered = tf.function(lambda a: strategy.run(
+            lambda b: distribute.all_gather_batch(b, cross_modality), args=(a,)))(parts[0])
+        key = "cross_modality" if cross_modality else "plain"
+        results[key] = {
+            "received": received,
+            "split": [part.numpy().tolist()
+                      for part in strategy.experimental_local_results(parts[1])],
+            "gathered_equal": [bool(np.array_equal(value.numpy(), images))
+                               for value in strategy.experimental_local_results(gathered)],
+        }
+    return results
+
+
+def tiny_flipreid_models(num_classes, input_shape=(64, 32, 3)):
+    """A small network with FlipReID's structure: conv/BN trunk, global branch and two
+    regional stripes (conv, ReLU), GeM pooling and clipping, FlipReID's heads (BN + bias-free
+    dense) and the flip structure of its training model."""
+    import tf_keras as keras
+
+    from reid_tf.models import flipping
+    from reid_tf.models.base import ReIDModels
+    from reid_tf.models.flipreid import build_head_model
+    from reid_tf.models.layers import ClipValues, GlobalGeMPooling2D, HeightSlice
+
+    image = keras.Input(input_shape, name="image")
+    x = image
+    for index, (filters, strides) in enumerate(((8, 2), (16, 2))):
+        x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same",
+                                name=f"trunk_conv_{index}")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"trunk_bn_{index}")(x)
+        x = keras.layers.ReLU(name=f"trunk_relu_{index}")(x)
+
+    def pool(tensor, index):
+        tensor = GlobalGeMPooling2D(initial_power=3.0, name=f"gem_{index}")(tensor)
+        return ClipValues(min_value=0.0, max_value=10.0, name=f"clip_{index}")(tensor)
+
+    embeddings = [pool(x, 0)]
+    for index, (start, stop) in enumerate(((0, 8), (8, 16)), start=1):
+        stripe = HeightSlice(start, stop, name=f"stripe_{index}")(x)
+        stripe = keras.layers.Conv2D(8, 3, padding="same", name=f"stripe_conv_{index}")(stripe)
+        stripe = keras.layers.ReLU(name=f"stripe_relu_{index}")(stripe)
+        embeddings.append(pool(stripe, index))
+    inference_model = keras.Model(image, embeddings, name="inference_model")
+    embedding_model = keras.Model(image, {"embeddings": list(embeddings)},
+                                  name="embedding_model")
+    head_model = build_head_model([16, 8, 8], num_classes)
+    training_model = flipping.build_training_model(embedding_model, head_model, True)
+    return ReIDModels(training_model=training_model, inference_model=inference_model,
+                      embedding_model=embedding_model, head_model=head_model)
+
+
+def _first_step(strategy, objective, train, label_map, folder, initial=None):
+    """One training step through the Trainer of :func:`tiny_flipreid_models`: the weights
+    before and after, the EMA shadow, the logged losses and the spread between the replicas'
+    copies."""
+    import tf_keras as keras
+
+    from reid_tf.training.data import TrainingInput
+    from reid_tf.training.distribute import synchronize_batch_normalization
+    from reid_tf.training.ema import WeightEMA
+    from reid_tf.training.optimizers import build_optimizer
+    from reid_tf.training.trainer import Trainer
+
+    keras.utils.set_random_seed(0)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        models = tiny_flipreid_models(len(label_map))
+        model = models.training_model
+        if initial is not None:
+            model.set_weights(initial)
+        ema = WeightEMA(model, decay=0.5)
+    if strategy is not None:
+        assert synchronize_batch_normalization(model) == 5  # trunk (2) and heads (3)
+    before = model.get_weights()
+    data = TrainingInput(train, 4, 2, 1, 64, 32, None, seed=0, policy="msinet",
+                         label_map=label_map, workers=1)
+    trainer = Trainer(
+        models=models, objective=objective, data=data, schedule=lambda epoch: 0.05,
+        output_folder=folder, epoch_num=1,
+        optimizer_factory=lambda name: build_optimizer("sgd", 0.05, momentum=0.9,
+                                                       weight_decay=5e-4),
+        evaluate_every_N_epochs=0, ema=ema, verbose=0, strategy=strategy)
+    row = trainer.fit()[0]
+    return {"before": before, "after": model.get_weights(), "ema": ema.get_weights(),
+            "losses": {key: value for key, value in row.items() if key.startswith("loss")},
+            "spread": _component_spread(model.weights + ema.shadow)}
+
+
+def _trainer_checks(strategy, folder):
+    """The first training step of a FlipReID-structure network (flip structure: two BN passes
+    per step and the flipping loss; soft-margin batch-hard triplet; cross-entropy) on two
+    replicas and on one device with the same global batch of 4 identities x 2 images (float32).
+    Also: the factory synchronises every BN of MSINet under the strategy."""
+    from reid_tf.data import load_dataset
+    from reid_tf.data.pipeline import make_label_map
+    from reid_tf.flags import FLAGS, define_flags, parse_dataset_options
+    from reid_tf.losses.objective import Objective, ObjectiveConfig
+    from reid_tf.models.base import iter_layers
+    from reid_tf.models.factory import build_models
+    from reid_tf.models.msinet import num_batch_norms
+    from reid_tf.training.distribute import _CrossReplicaKerasBatchNormalization
+
+    define_flags()
+    FLAGS(["test", "--dataset_name=Synthetic",
+           f"--dataset_options=cache_folder_path={folder}/cache,{TINY_SYNTHETIC}",
+           "--backbone_model_name=msinet", "--image_height=64", "--image_width=32"])
+    frame = load_dataset("Synthetic", "", **parse_dataset_options(FLAGS.dataset_options))
+    train = frame[frame["split"] == "train"].reset_index(drop=True)
+    label_map = make_label_map(train)
+    msinet, _, _ = build_models(FLAGS, len(label_map), strategy=strategy)
+    synchronised = sum(isinstance(layer, _CrossReplicaKerasBatchNormalization)
+                       for layer in iter_layers(msinet.training_model))
+
+    objective = Objective(ObjectiveConfig(triplet_margin=None, triplet_exclude_self=True,
+                                          triplet_clamp=False, label_smoothing=0.1))
+    single = _first_step(None, objective, train, label_map, f"{folder}/single")
+    mirrored = _first_step(strategy, objective, train, label_map, f"{folder}/mirrored",
+                           initial=single["before"])
+    return {"weights": _max_difference(single["after"], mirrored["after"]),
+            "update": _max_difference(single["after"], single["before"]),
+            "ema": _max_difference(single["ema"], mirrored["ema"]),
+            "losses_single": single["losses"], "losses_mirrored": mirrored["losses"],
+            "spread": mirrored["spread"], "msinet_synchronised": synchronised,
+            "msinet_batch_norms": num_batch_norms()}
+
+
+def _run_mirrored_checks(folder):
+    from reid_tf.training import distribute
+    distribute.configure_logical_cpus(2)
+    import tensorflow as tf
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    strategy = distribute.create_strategy("mirrored")
+    results = {"replicas": strategy.num_replicas_in_sync, "bn": _bn_checks(strategy),
+               "batches": _batch_checks(strategy),
+               "trainer": _trainer_checks(strategy, folder)}
+    with open(os.path.join(folder, "results.json"), "w") as handle:
+        json.dump(results, handle, indent=1)
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("mirrored"))
+    completed = subprocess.run([sys.executable, os.path.abspath(__file__), "mirrored", folder],
+                               cwd=REPOSITORY, env=_environment(), capture_output=True,
+                               text=True, timeout=400)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    with open(os.path.join(folder, "results.json")) as handle:
+        return json.load(handle)
+
+
+def test_mirrored_batch_norm_statistics_are_global(mirrored):
+    assert mirrored["replicas"] == 2
+    for name, result in mirrored["bn"].items():
+        assert result["variance_moved"] > 0.01, name  # the statistics were updated
+        for key in ("outputs", "input_gradients", "gamma_gradients", "moving_mean",
+                    "moving_variance"):
+            assert result[key] < 1e-5, (name, key, result[key])
+
+
+def test_mirrored_batches_hold_whole_identities(mirrored):
+    plain = mirrored["batches"]["plain"]
+    assert plain["received"] == [[[0, 0, 1, 1], [2, 2, 3, 3]]] * 2
+    assert plain["split"] == [[0, 0, 1, 1], [2, 2, 3, 3]]
+    cross = mirrored["batches"]["cross_modality"]
+    # [V: 0 0 1 1 2 2 3 3 | I: 0 0 1 1 2 2 3 3]: each replica its visible then infrared part.
+    assert cross["received"] == [[[0, 0, 1, 1, 0, 0, 1, 1], [2, 2, 3, 3, 2, 2, 3, 3]]] * 2
+    assert cross["split"] == [[0, 0, 1, 1, 0, 0, 1, 1], [2, 2, 3, 3, 2, 2, 3, 3]]
+    assert plain["gathered_equal"] == cross["gathered_equal"] == [True, True]
+
+
+def test_mirrored_first_step_equals_one_device_step(mirrored):
+    result = mirrored["trainer"]
+    assert result["update"] > 1e-3  # the step moved the weights
+    assert result["weights"] < 1e-5 and result["ema"] < 1e-5
+    assert result["spread"] == 0.0  # every replica holds the same values
+    assert result["msinet_synchronised"] == result["msinet_batch_norms"] == 80
+    single, distributed = result["losses_single"], result["losses_mirrored"]
+    assert set(single) == set(distributed) >= {"loss", "loss_triplet", "loss_classification",
+                                               "loss_flipping"}
+    for key, value in single.items():
+        assert distributed[key] == pytest.approx(value, rel=1e-6), key
+
+
+# --------------------------------------------------------------------------------------------
+# Two workers on 127.0.0.1 (multi_worker)
+# --------------------------------------------------------------------------------------------
+def _free_ports(count):
+    sockets = []
+    for _ in range(count):
+        handle = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        handle.bind(("127.0.0.1", 0))
+        sockets.append(handle)
+    ports = [handle.getsockname()[1] for handle in sockets]
+    for handle in sockets:
+        handle.close()
+    return ports
+
+
+def _run_workers(commands, folder, timeout):
+    """Start one process per ``(command, environment)`` (output to a log file each, not pipes:
+    a worker blocked on a full pipe would stall the other's collectives) and wait for all,
+    within ``timeout`` seconds in total. Returns the exit codes and the logs."""
+    logs = [os.path.join(folder, f"worker{index}.log") for index in range(len(commands))]
+    processes = []
+    try:
+        for (command, environment), log in zip(commands, logs):
+            with open(log, "w") as handle:
+                processes.append(subprocess.Popen(command, cwd=REPOSITORY, env=environment,
+                                                  stdout=handle, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + timeout
+        for process in processes:
+            try:
+                process.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                break
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    outputs = []
+    for log in logs:
+        with open(log, errors="replace") as handle:
+            outputs.append(handle.read())
+    return [process.returncode for process in processes], outputs
+
+
+def _tf_config(ports, index):
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+def test_two_workers_train_and_search(tmp_path):
+    """Two processes on 127.0.0.1 train a few steps through solution.py, then search a few
+    steps with python -m nas.search; only the chief (worker 0) writes the run folders."""
+    cache = tmp_path / "cache"
+    data = [f"--dataset_options=cache_folder_path={cache},{TINY_SYNTHETIC}",
+            "--image_height=64", "--image_width=32", "--image_num_per_identity=2",
+            "--workers=1", "--strategy=multi_worker"]
+    # Generate the dataset once, before the workers start.
+    from reid_tf.data.synthetic import prepare_synthetic_dataset
+    from reid_tf.flags import parse_dataset_options
+    options = parse_dataset_options(data[0].split("=", 1)[1].split(","))
+    prepare_synthetic_dataset("Synthetic", options.pop("cache_folder_path"), **options)
+
+    training = [sys.executable, "solution.py", "--dataset_name=Synthetic", *data,
+                "--backbone_model_name=msinet", "--identity_num_per_batch=4",
+                "--steps_per_epoch=2", "--epoch_num=1", "--freeze_backbone_for_N_epochs=0",
+                "--testing_size=0", "--optimizer_name=sgd", "--learning_rate_mode=constant",
+                "--learning_rate_start=1e-3", "--learning_rate_end=1e-3",
+                "--use_data_augmentation_in_training=false"]
+    search = [sys.executable, "-m", "nas.search", "--dataset_name=Synthetic", *data,
+              "--identity_num_per_batch=2", "--steps_per_epoch=2", "--epoch_num=1",
+              "--evaluation_interval=0", "--search_warmup_epochs=0", "--genotype_interval=1",
+              "--clean_bilevel"]  # an architecture step and a weight step in both steps
+    for name, command in (("train", training), ("search", search)):
+        ports = _free_ports(2)
+        commands = [(command + [f"--output_folder_path={tmp_path / name}"],
+                     _environment(TF_CONFIG=_tf_config(ports, index))) for index in range(2)]
+        codes, outputs = _run_workers(commands, str(tmp_path), timeout=240)
+        assert codes == [0, 0], "\n\n".join(output[-4000:] for output in outputs)
+        for output in outputs:
+            assert "with 2 replica(s) in sync" in output
+        # Only the chief's run folder exists under --output_folder_path.
+        assert len(os.listdir(tmp_path / name)) == 1, os.listdir(tmp_path / name)
+
+    run_folder = tmp_path / "train" / "Synthetic_msinet"
+    for file_name in ("training_model.h5", "inference_model.h5", "history.csv", "checkpoint"):
+        assert (run_folder / file_name).exists(), file_name
+    with open(run_folder / "history.csv") as handle:
+        rows = handle.read().splitlines()
+    assert len(rows) == 2 and "steps" in rows[0]
+    search_folder = tmp_path / "search" / "Synthetic_search"
+    for file_name in ("genotype.json", "history.csv", "search.log", "checkpoint"):
+        assert (search_folder / file_name).exists(), file_name
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "mirrored":
+        _run_mirrored_checks(sys.argv[2])
