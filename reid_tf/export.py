@@ -25,6 +25,7 @@ alone. ONNX gets one file per mode, ``inference_model_visible.onnx`` and
 import contextlib
 import functools
 import os
+import weakref
 
 import tensorflow as tf
 
@@ -60,9 +61,19 @@ def _fixed_mode_function(model, mode):
     return tf.function(serve, input_signature=[_image_spec(model)])
 
 
+_SERVING_FUNCTIONS = weakref.WeakKeyDictionary()
+
+
 def serving_functions(model):
     """The exported ``tf.function`` s: ``{"serving_default": f}``, and for models with a mode
-    input also ``{"visible": f1, "infrared": f2}`` (see the module docstring)."""
+    input also ``{"visible": f1, "infrared": f2}`` (see the module docstring). Made once per
+    model, so exporting several formats traces the model once."""
+    if model not in _SERVING_FUNCTIONS:
+        _SERVING_FUNCTIONS[model] = _make_serving_functions(model)
+    return _SERVING_FUNCTIONS[model]
+
+
+def _make_serving_functions(model):
     if not uses_mode(model):
         return {"serving_default": _fixed_mode_function(model, None)}
     branches = {name: _fixed_mode_function(model, mode) for name, mode in INFERENCE_MODES.items()}
