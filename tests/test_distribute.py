@@ -298,10 +298,37 @@ def tiny_flipreid_models(num_classes, input_shape=(64, 32, 3)):
                       embedding_model=embedding_model, head_model=head_model)
 
 
-def _first_step(strategy, objective, train, label_map, folder, initial=None):
-    """One training step through the Trainer of :func:`tiny_flipreid_models`: the weights
-    before and after, the EMA shadow, the logged losses and the spread between the replicas'
-    copies."""
+def tiny_switchable_models(num_classes, input_shape=(64, 32, 3)):
+    """A small network with CM-NAS's structure: ``[images, mode]`` inputs, a split and a
+    shared switchable BN (mode 0: visible first half, infrared second half), global pooling,
+    a bias-free BNNeck and a classifier; outputs ``embeddings``, ``bnneck`` and ``logits``."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from reid_tf.models.base import ReIDModels
+    from reid_tf.models.switchable_bn import SwitchableBatchNormalization, TorchBatchNormalization
+
+    images = keras.Input(input_shape, name="images")
+    mode = keras.Input(batch_shape=(), dtype=tf.int32, name="mode")
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv_0")(images)
+    x = SwitchableBatchNormalization(0, with_relu=True, name="split_bn")(x, mode)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", name="conv_1")(x)
+    x = SwitchableBatchNormalization(1, with_relu=True, name="share_bn")(x, mode)
+    features = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    normalized = TorchBatchNormalization(center=False, name="bnneck")(features)
+    logits = keras.layers.Dense(num_classes, use_bias=False, name="classifier")(normalized)
+    training_model = keras.Model([images, mode], {"embeddings": [features],
+                                                  "bnneck": [normalized], "logits": [logits]})
+    inference_model = keras.Model([images, mode], [features, normalized])
+    return ReIDModels(training_model=training_model, inference_model=inference_model,
+                      embedding_model=inference_model, head_model=inference_model)
+
+
+def _first_step(strategy, objective, train, label_map, folder, initial=None,
+                cross_modality=False):
+    """One training step through the Trainer of :func:`tiny_flipreid_models` (or, for
+    visible-infrared data, :func:`tiny_switchable_models` fed mode 0): the weights before and
+    after, the EMA shadow, the logged losses and the spread between the replicas' copies."""
     import tf_keras as keras
 
     from reid_tf.training.data import TrainingInput
@@ -310,24 +337,31 @@ def _first_step(strategy, objective, train, label_map, folder, initial=None):
     from reid_tf.training.optimizers import build_optimizer
     from reid_tf.training.trainer import Trainer
 
+    import tensorflow as tf
+
     keras.utils.set_random_seed(0)
+    build = tiny_switchable_models if cross_modality else tiny_flipreid_models
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        models = tiny_flipreid_models(len(label_map))
+        models = build(len(label_map))
         model = models.training_model
         if initial is not None:
             model.set_weights(initial)
         ema = WeightEMA(model, decay=0.5)
     if strategy is not None:
-        assert synchronize_batch_normalization(model) == 5  # trunk (2) and heads (3)
+        # FlipReID structure: trunk (2) and heads (3) Keras BNs; CM-NAS structure: the three
+        # BN sets of both switchable BNs and the BNNeck.
+        assert synchronize_batch_normalization(model) == (7 if cross_modality else 5)
     before = model.get_weights()
     data = TrainingInput(train, 4, 2, 1, 64, 32, None, seed=0, policy="msinet",
-                         label_map=label_map, workers=1)
+                         label_map=label_map, workers=1, cross_modality=cross_modality)
     trainer = Trainer(
         models=models, objective=objective, data=data, schedule=lambda epoch: 0.05,
         output_folder=folder, epoch_num=1,
         optimizer_factory=lambda name: build_optimizer("sgd", 0.05, momentum=0.9,
                                                        weight_decay=5e-4),
-        evaluate_every_N_epochs=0, ema=ema, verbose=0, strategy=strategy)
+        evaluate_every_N_epochs=0, ema=ema, verbose=0, strategy=strategy,
+        training_inputs=(lambda images: [images, tf.constant(0, tf.int32)])
+        if cross_modality else None)
     row = trainer.fit()[0]
     return {"before": before, "after": model.get_weights(), "ema": ema.get_weights(),
             "losses": {key: value for key, value in row.items() if key.startswith("loss")},
@@ -361,15 +395,28 @@ def _trainer_checks(strategy, folder):
 
     objective = Objective(ObjectiveConfig(triplet_margin=None, triplet_exclude_self=True,
                                           triplet_clamp=False, label_smoothing=0.1))
-    single = _first_step(None, objective, train, label_map, f"{folder}/single")
-    mirrored = _first_step(strategy, objective, train, label_map, f"{folder}/mirrored",
-                           initial=single["before"])
-    return {"weights": _max_difference(single["after"], mirrored["after"]),
-            "update": _max_difference(single["after"], single["before"]),
-            "ema": _max_difference(single["ema"], mirrored["ema"]),
-            "losses_single": single["losses"], "losses_mirrored": mirrored["losses"],
-            "spread": mirrored["spread"], "msinet_synchronised": synchronised,
-            "msinet_batch_norms": num_batch_norms()}
+    results = {"msinet_synchronised": synchronised, "msinet_batch_norms": num_batch_norms()}
+    # Visible-infrared batches (tiny RegDB layout): each replica gets its visible part and the
+    # matching infrared part; the four-term triplet, SP and CMMD losses on the gathered batch.
+    regdb = load_dataset("Synthetic_RegDB", "", cache_folder_path=f"{folder}/cache",
+                         num_identities=10, images_per_identity=4, image_size=(64, 32))
+    regdb_train = regdb[regdb["split"] == "train"].reset_index(drop=True)
+    cross_objective = Objective(ObjectiveConfig(triplet_margin=0.4, cross_modality=True,
+                                                sp_weight=5.0, cmmd_weight=0.05,
+                                                images_per_identity=2))
+    for name, data, loss, cross in (("flipreid", train, objective, False),
+                                    ("cmnas", regdb_train, cross_objective, True)):
+        labels = make_label_map(data)
+        single = _first_step(None, loss, data, labels, f"{folder}/{name}_single",
+                             cross_modality=cross)
+        mirrored = _first_step(strategy, loss, data, labels, f"{folder}/{name}_mirrored",
+                               initial=single["before"], cross_modality=cross)
+        results[name] = {"weights": _max_difference(single["after"], mirrored["after"]),
+                         "update": _max_difference(single["after"], single["before"]),
+                         "ema": _max_difference(single["ema"], mirrored["ema"]),
+                         "losses_single": single["losses"],
+                         "losses_mirrored": mirrored["losses"], "spread": mirrored["spread"]}
+    return results
 
 
 def _run_mirrored_checks(folder):
@@ -416,17 +463,23 @@ def test_mirrored_batches_hold_whole_identities(mirrored):
     assert plain["gathered_equal"] == cross["gathered_equal"] == [True, True]
 
 
-def test_mirrored_first_step_equals_one_device_step(mirrored):
-    result = mirrored["trainer"]
+@pytest.mark.parametrize("name, terms", [
+    ("flipreid", {"loss_triplet", "loss_classification", "loss_flipping"}),
+    ("cmnas", {"loss_triplet", "loss_classification", "loss_sp", "loss_cmmd"})])
+def test_mirrored_first_step_equals_one_device_step(mirrored, name, terms):
+    result = mirrored["trainer"][name]
     assert result["update"] > 1e-3  # the step moved the weights
     assert result["weights"] < 1e-5 and result["ema"] < 1e-5
     assert result["spread"] == 0.0  # every replica holds the same values
-    assert result["msinet_synchronised"] == result["msinet_batch_norms"] == 80
     single, distributed = result["losses_single"], result["losses_mirrored"]
-    assert set(single) == set(distributed) >= {"loss", "loss_triplet", "loss_classification",
-                                               "loss_flipping"}
+    assert set(single) == set(distributed) == terms | {"loss"}
     for key, value in single.items():
-        assert distributed[key] == pytest.approx(value, rel=1e-6), key
+        assert distributed[key] == pytest.approx(value, rel=1e-5), key
+
+
+def test_factory_synchronises_every_msinet_batch_norm(mirrored):
+    result = mirrored["trainer"]
+    assert result["msinet_synchronised"] == result["msinet_batch_norms"] == 80
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,16 +554,21 @@ def test_two_workers_train_and_search(tmp_path):
               "--identity_num_per_batch=2", "--steps_per_epoch=2", "--epoch_num=1",
               "--evaluation_interval=0", "--search_warmup_epochs=0", "--genotype_interval=1",
               "--clean_bilevel"]  # an architecture step and a weight step in both steps
+    temporary = tmp_path / "temporary"  # where worker 1 writes (and removes) its outputs
+    temporary.mkdir()
     for name, command in (("train", training), ("search", search)):
         ports = _free_ports(2)
         commands = [(command + [f"--output_folder_path={tmp_path / name}"],
-                     _environment(TF_CONFIG=_tf_config(ports, index))) for index in range(2)]
+                     _environment(TF_CONFIG=_tf_config(ports, index), TMPDIR=str(temporary)))
+                    for index in range(2)]
         codes, outputs = _run_workers(commands, str(tmp_path), timeout=240)
         assert codes == [0, 0], "\n\n".join(output[-4000:] for output in outputs)
         for output in outputs:
             assert "with 2 replica(s) in sync" in output
-        # Only the chief's run folder exists under --output_folder_path.
+        # Only the chief's run folder exists under --output_folder_path; worker 1's
+        # temporary folder is gone.
         assert len(os.listdir(tmp_path / name)) == 1, os.listdir(tmp_path / name)
+        assert not [entry for entry in os.listdir(temporary) if "worker" in entry]
 
     run_folder = tmp_path / "train" / "Synthetic_msinet"
     for file_name in ("training_model.h5", "inference_model.h5", "history.csv", "checkpoint"):
