@@ -650,11 +650,11 @@ class Searcher:
         task_type, _ = distribute.worker_task(self.strategy)
         if task_type is not None and float(
                 distribute.mean_over_workers(self.strategy, float(epoch))) != float(epoch):
+            checkpoints = os.path.join(self.chief_folder, "checkpoint")
             raise RuntimeError(
                 f"The workers of this multi-worker search resume from different checkpoints "
-                f"(this one after epoch {epoch}, from {os.path.join(self.chief_folder, 'checkpoint')}"
-                "). Put --output_folder_path on storage every machine sees, or remove the run "
-                "folder to start afresh.")
+                f"(this one after epoch {epoch}, from {checkpoints}). Put --output_folder_path "
+                "on storage every machine sees, or remove the run folder to start afresh.")
         return epoch
 
     def _save_checkpoint(self, completed_epochs):

@@ -489,8 +489,9 @@ def _read_first_replica(*variables):
     synchronised the copies are identical, so reads take the first replica's copy instead
     (the on-read aggregation ``ONLY_FIRST_REPLICA``; updates inside a replica are unchanged)."""
     for variable in variables:
-        if getattr(variable, "synchronization", None) == tf.VariableSynchronization.ON_READ \
-                and hasattr(variable, "_aggregation") and getattr(variable, "_policy", None) is None:
+        on_read = getattr(variable, "synchronization", None) == tf.VariableSynchronization.ON_READ
+        if on_read and hasattr(variable, "_aggregation") \
+                and getattr(variable, "_policy", None) is None:
             variable._aggregation = tf.VariableAggregation.ONLY_FIRST_REPLICA  # noqa: SLF001
 
 
