@@ -8,7 +8,7 @@ reads back the trained model's evaluation (``results.json``) and the trainer's t
 With several seeds the spread of the float32 runs is the noise the bfloat16 mAP is compared
 with. Prints ONE JSON line with every run and the per-policy means.
 
-Usage: ``python benchmarks/bench_mixed_precision.py [--epochs 3] [--seeds 0,1]
+Usage: ``python benchmarks/bench_mixed_precision.py [--epochs 3] [--seeds 0,1,2,3]
 [--policies float32,mixed_bfloat16]``
 """
 import argparse
@@ -60,7 +60,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--steps_per_epoch", type=int, default=40)
-    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds")
+    parser.add_argument("--seeds", default="0,1,2,3", help="comma-separated seeds")
     parser.add_argument("--policies", default="float32,mixed_bfloat16",
                         help=f"comma-separated, from {', '.join(POLICIES)}")
     args = parser.parse_args()
