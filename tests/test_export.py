@@ -162,6 +162,7 @@ def test_solution_exports_after_training_and_with_evaluation_only(tmp_path):
     run_solution(*common, f"--output_folder_path={tmp_path / 'evaluate'}", "--evaluation_only",
                  f"--pretrained_model_file_path={trained / 'training_model.h5'}")
     evaluated = tmp_path / "evaluate" / "Synthetic_msinet"
+    assert (evaluated / "inference_model.h5").is_file()
 
     reference = build_msinet_models("configs/genotypes/msmt.json", 6,
                                      input_shape=(64, 32, 3)).inference_model

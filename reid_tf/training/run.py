@@ -251,9 +251,15 @@ def save_weights(models, weight_targets, run_folder):
     models.inference_model.save_weights(os.path.join(run_folder, "inference_model.h5"))
 
 
-def export_models(models, run_folder, formats):
+def export_models(models, run_folder, formats, weights_saved=True):
+    """Write the ``--export_formats`` of the inference model into ``run_folder``
+    (:mod:`reid_tf.export`); ``h5`` only when the weights were not saved already (after
+    training :func:`save_weights` wrote ``inference_model.h5``; ``--evaluation_only`` did
+    not)."""
     from reid_tf import export
-    for name in [part for part in formats.split(",") if part and part != "h5"]:
+    for name in [part for part in formats.split(",") if part]:
+        if name == "h5" and weights_saved:
+            continue
         path = export.export_inference_model(models.inference_model, run_folder, name)
         print(f"Exported the inference model as {name}: {path}")
 
@@ -311,7 +317,7 @@ def _run(values, strategy, chief_folder, run_folder):
     results = {}
     if values.evaluation_only:
         results["evaluation"] = evaluator(models.inference_model, "evaluation")
-        export_models(models, run_folder, values.export_formats)
+        export_models(models, run_folder, values.export_formats, weights_saved=False)
         print("All done!")
         return results
 
