@@ -28,21 +28,23 @@ global batch (up to float rounding):
   terms and the classification mean are exactly the one-device ones. Each replica
   back-propagates ``loss / R``; the all-gather's gradient sums the replicas' contributions and
   the optimisers sum the replicas' gradients, so the update is the one-device update. Cost: one
-  all-gather of the embeddings and logits per step (``B × (d + classes)`` floats, small next to
-  the backbone) and the ``O(B²)`` distance matrix evaluated on every replica. Terms whose
-  model output only exists per replica (MSINet's SAM scores: the batch is its own kernel inside
-  the model) are computed on each replica's part and averaged.
+  gather of the outputs and labels per step and one for its gradient (all-reduces of
+  ``B × (d + classes)`` floats, small next to the backbone) and the ``O(B²)`` distance matrix
+  evaluated on every replica. Terms whose model output only exists per replica (MSINet's SAM
+  scores: the batch is its own kernel inside the model) are computed on each replica's part and
+  averaged.
 * **Metrics.** The losses reported per step are global: gathered terms are identical on every
-  replica, per-replica terms are averaged (:func:`mean_over_replicas`).
+  replica, per-replica terms are averaged (the trainer's ``strategy.reduce``).
 * **Batch normalisation.** :func:`synchronize_batch_normalization` makes every BN layer of a
   model (Keras ``BatchNormalization`` — FlipReID's tf2cv backbones and heads, MSINet, the
   search network — and :class:`~reid_tf.models.switchable_bn.TorchBatchNormalization` — CM-NAS
   and the switchable MSINet) compute its training statistics over the global batch
-  (:func:`cross_replica_moments`: one all-reduce of the sums, squared sums and counts, shifted by
-  the moving mean for accuracy).
-  The moving statistics are then identical on every replica and equal the one-device ones;
-  Keras BNs that used the fused kernel keep its unbiased moving variance. Cost: one small
-  all-reduce per BN layer and pass (and one for its gradient), and the non-fused BN kernel.
+  (:func:`cross_replica_moments`: one all-reduce of the sums, squared sums and counts, shifted
+  by the moving mean for accuracy). The moving statistics are then identical on every replica
+  and equal the one-device ones (Keras BNs that used the fused kernel keep its unbiased moving
+  variance), and reads outside a replica take the first copy instead of averaging the copies.
+  Cost: one small all-reduce per BN layer and pass (and one for its gradient), and the
+  non-fused BN kernel.
 * **Cluster memories and other state.** Values updated inside a step from synchronised inputs
   (BN statistics, weight EMA, the search's cluster memories fed with all-gathered features in
   global batch order) stay identical on every replica.
@@ -305,14 +307,6 @@ def _replica_context():
     return context
 
 
-def replicas_in_sync():
-    """Replicas in sync seen from the current context (1 outside ``strategy.run``)."""
-    context = tf.distribute.get_replica_context()
-    if context is None:
-        return num_replicas()
-    return int(context.num_replicas_in_sync)
-
-
 def all_gather_batch(structure, cross_modality=False):
     """All-gather every tensor of ``structure`` along axis 0 in global batch order.
 
@@ -356,14 +350,6 @@ def all_gather_batch(structure, cross_modality=False):
         flat = global_order(flat, replicas, cross_modality)
         gathered.append(tf.cast(flat, tensor.dtype) if is_integer else flat)
     return tf.nest.pack_sequence_as(structure, gathered)
-
-
-def mean_over_replicas(value):
-    """The mean of ``value`` over the replicas (no gradient); ``value`` elsewhere."""
-    context = _replica_context()
-    if context is None:
-        return value
-    return context.all_reduce(tf.distribute.ReduceOp.MEAN, tf.stop_gradient(value))
 
 
 def cross_replica_moments(inputs, axes, keepdims=False, shift=None):
