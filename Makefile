@@ -30,7 +30,7 @@ run: $(VENV)/.installed
 	$(PY) -u solution.py
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=20 $(PYTEST_ARGS)
 
 benchmarks: $(VENV)/.installed
 	$(PY) benchmarks/run_all.py

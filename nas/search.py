@@ -224,9 +224,11 @@ class SearchConfig:
                              ("arch_milestones", self.arch_milestones)):
             check(all(later >= earlier for earlier, later in zip(values, values[1:])),
                   f"--{name}={','.join(map(str, values))}: must be ascending.")
-        check(not self.mixed_precision,
-              f"--mixed_precision={self.mixed_precision!r}: the search runs in float32 only "
-              "(the memories and α are float32); leave it empty.")
+        check(self.mixed_precision in ("", "mixed_bfloat16"),
+              f"--mixed_precision={self.mixed_precision!r}: the search runs in float32 ('') or "
+              "under mixed_bfloat16 (bf16 compute; α, the memories, BatchNorm and the losses "
+              "stay float32). mixed_float16 would need loss scaling for both optimizers: use "
+              "mixed_bfloat16 (CPUs with AVX512-BF16/AMX, NVIDIA Ampere or newer).")
         from reid_tf.flags import STRATEGIES
         check(self.strategy in STRATEGIES,
               f"--strategy={self.strategy!r}: expected one of {', '.join(STRATEGIES)}.")

@@ -185,6 +185,33 @@ def test_endless_valid_stream_restarts_with_a_new_shuffle_and_resumes(dataset_ro
         np.testing.assert_array_equal(images.numpy(), images_again.numpy())
 
 
+def test_bfloat16_search_computes_in_bfloat16_and_keeps_alpha_and_memories_float32(
+        dataset_root, tmp_path):
+    from tf_keras import mixed_precision
+    with pytest.raises(ValueError, match="mixed_bfloat16"):
+        _config(dataset_root, str(tmp_path / "f16"), mixed_precision="mixed_float16").validate()
+    try:
+        searcher = Searcher(_config(dataset_root, str(tmp_path / "bf16"), epoch_num=1,
+                                    evaluation_interval=1, deterministic=False,
+                                    mixed_precision="mixed_bfloat16"))
+        genotype = searcher.search()
+    finally:
+        mixed_precision.set_global_policy("float32")
+    space = searcher.space
+    compute_dtypes = {layer.compute_dtype for layer in space.weights_model.submodules
+                      if hasattr(layer, "compute_dtype")}
+    assert "bfloat16" in compute_dtypes
+    assert space.network.alpha.dtype == tf.float32
+    assert genotype == derive_genotype(space.network.alpha)
+    for memory in (space.train_memory, space.valid_memory):
+        assert memory.features.dtype == tf.float32
+        norms = np.linalg.norm(memory.features.numpy(), axis=1)
+        assert np.all((np.abs(norms - 1) < 1e-5) | (norms == 0)) and np.any(norms > 0)
+    row = _history(str(tmp_path / "bf16"))[-1]
+    assert np.isfinite(float(row["loss"])) and np.isfinite(float(row["valid_loss"]))
+    assert 0.0 < float(row["mAP"]) <= 1.0
+
+
 def test_solution_trains_the_searched_genotype(searched, dataset_root, tmp_path):
     genotype_file = os.path.join(searched["folder"], "genotype.json")
     completed = _run([
