@@ -27,6 +27,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from reid_tf.models.genotypes import GENOTYPE_LENGTH
+from reid_tf.models.layers import check_model_arguments
 from reid_tf.models.msinet import CHANNELS, count_parameters, float32_policy, msinet_backbone
 from reid_tf.models.msinet_ops import PRIMITIVES, default_batch_norm, make_operation
 
@@ -163,16 +164,8 @@ def build_search_models(num_classes, input_shape=(256, 128, 3), channels=CHANNEL
       ``[images (B, H, W, 3), alpha (12, 4)]``: the training model returns
       ``{"features": x (B, C), "logits": prob (B, num_classes)}``, the inference model ``x``.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
-            or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(f"input_shape must be (height, width, 3), got {input_shape}.")
-    for size in input_shape[:2]:
-        if size is not None and size < 16:
-            raise ValueError(f"input_shape {input_shape}: height and width must be at least 16 "
-                             "(the network downsamples by 16).")
+    num_classes, input_shape = check_model_arguments(num_classes, input_shape, 16,
+                                                     "the network downsamples by 16")
     images = keras.Input(shape=input_shape, name="images")
     alpha = keras.Input(shape=(NUM_OPS,), batch_size=NUM_ROWS, name="alpha")
     # Under a mixed-precision policy the relaxation weights, the pooled features (the memory

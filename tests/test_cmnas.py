@@ -21,6 +21,7 @@ from reid_tf.models.cmnas_config import (
     write_config,
 )
 from reid_tf.training.optimizers import TorchAdam
+from helpers import random_resnet50_state_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A mixed config: stem split, layer1 share, then alternating.
@@ -33,35 +34,7 @@ def torchvision_resnet50_state_dict(seed=0):
     """A torchvision-layout ResNet-50 state dict with random values (names written out here,
     independently of the model code)."""
     rng = np.random.default_rng(seed)
-    state = {}
-
-    def conv(name, cout, cin, k):
-        std = np.sqrt(2.0 / (cin * k * k))
-        state[f"{name}.weight"] = (rng.normal(size=(cout, cin, k, k)) * std).astype(np.float32)
-
-    def bn(name, c):
-        state[f"{name}.weight"] = rng.uniform(0.2, 0.6, c).astype(np.float32)
-        state[f"{name}.bias"] = rng.normal(0, 0.1, c).astype(np.float32)
-        state[f"{name}.running_mean"] = rng.normal(0, 0.1, c).astype(np.float32)
-        state[f"{name}.running_var"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
-        state[f"{name}.num_batches_tracked"] = np.array(7, np.int64)
-
-    conv("conv1", 64, 3, 7)
-    bn("bn1", 64)
-    cin = 64
-    for stage, (blocks, planes) in enumerate(zip([3, 4, 6, 3], [64, 128, 256, 512]), 1):
-        for block in range(blocks):
-            prefix = f"layer{stage}.{block}"
-            conv(f"{prefix}.conv1", planes, cin if block == 0 else planes * 4, 1)
-            bn(f"{prefix}.bn1", planes)
-            conv(f"{prefix}.conv2", planes, planes, 3)
-            bn(f"{prefix}.bn2", planes)
-            conv(f"{prefix}.conv3", planes * 4, planes, 1)
-            bn(f"{prefix}.bn3", planes * 4)
-            if block == 0:
-                conv(f"{prefix}.downsample.0", planes * 4, cin, 1)
-                bn(f"{prefix}.downsample.1", planes * 4)
-        cin = planes * 4
+    state = random_resnet50_state_dict(rng)
     state["fc.weight"] = rng.normal(size=(1000, 2048)).astype(np.float32)
     state["fc.bias"] = np.zeros(1000, np.float32)
     return state

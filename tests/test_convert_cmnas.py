@@ -14,6 +14,7 @@ from reid_tf.convert.cmnas import convert  # noqa: E402
 from reid_tf.convert.common import ConversionError, load_state_dict  # noqa: E402
 from reid_tf.models import cmnas  # noqa: E402
 from reid_tf.models.cmnas_config import write_config  # noqa: E402
+from helpers import random_resnet50_state_dict  # noqa: E402
 
 NUM_CLASSES = 206  # RegDB
 CONFIG = [0, 1, 0] + [1, 0, 0, 1] * 12 + [1, 0]
@@ -24,38 +25,9 @@ def reference_state_dict(seed):
     """A ``TwoStreamSwitchBNOp`` state dict (DataParallel names) with random values, written
     from the reference module structure independently of the Keras code."""
     rng = np.random.default_rng(seed)
-    state = {}
-
-    def conv(name, cout, cin, k):
-        std = np.sqrt(2.0 / (cin * k * k))
-        state[f"module.backbone.{name}.weight"] = (
-            rng.normal(size=(cout, cin, k, k)) * std).astype(np.float32)
-
-    def switch_bn(name, c):
-        for set_name in SETS:
-            prefix = f"module.backbone.{name}.{set_name}"
-            state[f"{prefix}.weight"] = rng.uniform(0.2, 0.6, c).astype(np.float32)
-            state[f"{prefix}.bias"] = rng.normal(0, 0.1, c).astype(np.float32)
-            state[f"{prefix}.running_mean"] = rng.normal(0, 0.1, c).astype(np.float32)
-            state[f"{prefix}.running_var"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
-            state[f"{prefix}.num_batches_tracked"] = np.array(100, np.int64)
-
-    conv("conv1", 64, 3, 7)
-    switch_bn("bn1", 64)
-    cin = 64
-    for stage, (blocks, planes) in enumerate(zip([3, 4, 6, 3], [64, 128, 256, 512]), 1):
-        for block in range(blocks):
-            prefix = f"layer{stage}.{block}"
-            conv(f"{prefix}.conv1", planes, cin if block == 0 else planes * 4, 1)
-            switch_bn(f"{prefix}.bn1", planes)
-            conv(f"{prefix}.conv2", planes, planes, 3)
-            switch_bn(f"{prefix}.bn2", planes)
-            conv(f"{prefix}.conv3", planes * 4, planes, 1)
-            switch_bn(f"{prefix}.bn3", planes * 4)
-            if block == 0:
-                conv(f"{prefix}.downsample.conv", planes * 4, cin, 1)
-                switch_bn(f"{prefix}.downsample.bn", planes * 4)
-        cin = planes * 4
+    state = random_resnet50_state_dict(
+        rng, prefix="module.backbone.", bn_sets=SETS, downsample=("conv", "bn"),
+        num_batches_tracked=100)
     state["module.bnneck.weight"] = rng.normal(1.0, 0.01, 2048).astype(np.float32)
     state["module.bnneck.bias"] = np.zeros(2048, np.float32)
     state["module.bnneck.running_mean"] = rng.normal(0, 0.1, 2048).astype(np.float32)

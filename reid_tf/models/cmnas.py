@@ -29,6 +29,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from reid_tf.models.cmnas_config import NUM_SWITCHABLE_BN, resolve_config
+from reid_tf.models.layers import check_model_arguments
 from reid_tf.models.switchable_bn import (
     BN_SET_NAMES,
     SwitchableBatchNormalization,
@@ -219,19 +220,7 @@ class _Layers:
 
 
 def _check_arguments(num_classes, input_shape):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
-            or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r} "
-                         f"(flag --num_classes).")
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(f"input_shape must be (height, width, 3), got {input_shape} "
-                         f"(flags --image_height/--image_width).")
-    height, width = input_shape[:2]
-    if height is not None and width is not None and (height < 32 or width < 32):
-        raise ValueError(f"input_shape {input_shape}: height and width must be at least 32 "
-                         f"(flags --image_height/--image_width).")
-    return int(num_classes), input_shape
+    return check_model_arguments(num_classes, input_shape, 32, "ResNet-50 downsamples by 16")
 
 
 def _inputs(input_shape):

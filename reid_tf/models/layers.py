@@ -5,6 +5,8 @@
 * :class:`HeightSlice`: rows ``[start, stop)`` of an NHWC feature map (regional stripes).
 * :class:`HorizontalFlip`: mirror of an NHWC image batch along the width axis.
 """
+import numbers
+
 import tensorflow as tf
 import tf_keras as keras
 
@@ -124,6 +126,27 @@ class HorizontalFlip(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape)
+
+
+def check_model_arguments(num_classes, input_shape, min_size, reason):
+    """Validate a builder's ``num_classes`` and ``(height, width, 3)`` ``input_shape``.
+
+    Returns ``(int(num_classes), tuple(input_shape))``; raises ``ValueError`` naming the value
+    (and the flags that set the image size) otherwise. ``min_size`` is the smallest height
+    and width the network accepts, ``reason`` says why (e.g. "the network downsamples by 16").
+    """
+    if (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
+            or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape must be (height, width, 3), got {input_shape} "
+                         "(flags --image_height/--image_width).")
+    for size in input_shape[:2]:
+        if size is not None and size < min_size:
+            raise ValueError(f"input_shape {input_shape}: height and width must be at least "
+                             f"{min_size} ({reason}; flags --image_height/--image_width).")
+    return int(num_classes), input_shape
 
 
 def custom_objects():

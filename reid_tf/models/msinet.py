@@ -45,7 +45,6 @@ architecture variable ``alpha`` per BN, :func:`switchable_variable_groups` and
 :func:`derived_switchable_config` give the search what it needs).
 """
 import contextlib
-import numbers
 import os
 
 import numpy as np
@@ -54,6 +53,7 @@ import tf_keras as keras
 
 from reid_tf.models.cmnas_config import ConfigError, read_config, validate_config
 from reid_tf.models.genotypes import GENOTYPE_LENGTH, resolve_genotype
+from reid_tf.models.layers import check_model_arguments
 from reid_tf.models.msinet_ops import (
     PointwiseConv2D,
     conv1x1,
@@ -492,17 +492,8 @@ def _dense(units, use_bias, name):
 # Builders
 # --------------------------------------------------------------------------------------------
 def _check_arguments(num_classes, input_shape):
-    if (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
-            or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(f"input_shape must be (height, width, 3), got {input_shape}.")
-    for size in input_shape[:2]:
-        if size is not None and size < 32:
-            raise ValueError(f"input_shape {input_shape}: height and width must be at least 32 "
-                             f"(the network downsamples by 16 and splits the part map in two).")
-    return int(num_classes), input_shape
+    return check_model_arguments(num_classes, input_shape, 32, "the network downsamples by 16 "
+                                 "and splits the part map in two")
 
 
 def _mode_input(name="mode"):
