@@ -561,7 +561,7 @@ def test_two_workers_train_and_search(tmp_path):
         commands = [(command + [f"--output_folder_path={tmp_path / name}"],
                      _environment(TF_CONFIG=_tf_config(ports, index), TMPDIR=str(temporary)))
                     for index in range(2)]
-        codes, outputs = _run_workers(commands, str(tmp_path), timeout=240)
+        codes, outputs = _run_workers(commands, str(tmp_path), timeout=480)
         assert codes == [0, 0], "\n\n".join(output[-4000:] for output in outputs)
         for output in outputs:
             assert "with 2 replica(s) in sync" in output
