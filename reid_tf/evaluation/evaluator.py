@@ -43,10 +43,8 @@ class FeatureExtractor:
 
     def _predict(self, images, mode):
         """The traced forward for ``mode`` (a Python int: one trace per mode, in which every
-        switchable BN takes its branch statically), over batches of any size. An unknown batch
-        dimension traces once for full and partial batches alike, and keeps grappler from
-        rewriting the cells' residual sums into per-shape ``TemporaryVariable``/``AssignAdd``
-        pairs (≈ 9% of MSINet's inference time, ``benchmarks/NOTES.md``)."""
+        switchable BN takes its branch statically), over batches of any size: an unknown batch
+        dimension traces once for full and partial batches alike (``benchmarks/NOTES.md`` §6)."""
         function = self._traced.get(mode)
         if function is None:
             spec = tf.TensorSpec((None, self.height, self.width, 3), tf.float32, name="images")
