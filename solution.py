@@ -25,7 +25,7 @@ flags.FLAGS.set_default("output_folder_path", os.path.join(HERE, "output"))
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
-    from reid_tf.training.run import run
+    from reid_tf.cli.train import run
     run(flags.FLAGS)
 
 

@@ -1,7 +1,7 @@
 """MSI search step: architecture step + weight step, batch 32 each, at 256 × 128 (float32).
 
 Times one iteration of the search loop as ``python -m nas.search`` runs it for ``n > 0``
-(:class:`nas.searcher.BilevelStep`'s ``full_step``, the reference's first-order step with its
+(:class:`nas.bilevel.BilevelStep`'s ``full_step``, the reference's first-order step with its
 gradient accumulation): forward/backward of the valid batch through the SearchCNN (all four
 operations at all 12 interaction points), valid-memory update and Adam step on α, then
 forward/backward of the train batch, train-memory update and SGD step on the weights. The
@@ -42,7 +42,8 @@ def main():
     import numpy as np
     import tensorflow as tf
 
-    from nas.searcher import BilevelStep, MsiSearchSpace
+    from nas.bilevel import BilevelStep
+    from nas.spaces.msi import MsiSearchSpace
     from reid_tf.training.optimizers import TorchAdam, TorchSGD
 
     space = MsiSearchSpace.without_data(624, 833, input_shape=(args.height, args.width, 3))

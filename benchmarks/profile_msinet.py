@@ -86,7 +86,8 @@ def build(mode, args):
         images = tf.constant(rng.standard_normal((args.batch_size, 256, 128, 3),
                                                  dtype=np.float32))
         return lambda: extractor._predict(images, 0)  # noqa: SLF001
-    from nas.searcher import BilevelStep, MsiSearchSpace
+    from nas.bilevel import BilevelStep
+    from nas.spaces.msi import MsiSearchSpace
     from reid_tf.training.optimizers import TorchAdam, TorchSGD
     space = MsiSearchSpace.without_data(624, 833)
     weight_optimizer = TorchSGD(learning_rate=0.025, momentum=0.9, weight_decay_l2=5e-4)

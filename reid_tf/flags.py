@@ -10,18 +10,13 @@ from absl import flags
 
 FLAGS = flags.FLAGS
 
-REFERENCE_ROOT_FOLDER = os.path.expanduser("~/Documents/Local Storage/Dataset")
+from reid_tf.models.cmnas_config import DEFAULT_CONFIG_FILE as CMNAS_DEFAULT_CONFIG
+from reid_tf.runtime.choices import (AUGMENTATION_RECIPES, BACKBONES, DISTANCE_METRICS,
+                                     EXPORT_FORMATS, LEARNING_RATE_MODES,
+                                     MIXED_PRECISION_POLICIES, OPTIMIZERS, POOLING_MODES,
+                                     SAM_MODES, SAMPLER_POLICIES, STRATEGIES)
 
-BACKBONES = ("resnet50", "ibn_resnet50", "resnesta50", "msinet", "cmnas_resnet50")
-POOLING_MODES = ("Average", "Max", "GeM")
-AUGMENTATION_RECIPES = ("flipreid", "msinet", "cmnas", "none")
-SAMPLER_POLICIES = ("flipreid", "msinet")
-SAM_MODES = ("none", "pos", "neg", "pos_neg")
-DISTANCE_METRICS = ("cosine", "euclidean", "sqeuclidean")
-EXPORT_FORMATS = ("h5", "savedmodel", "onnx")
-MIXED_PRECISION = ("", "mixed_bfloat16", "mixed_float16")
-STRATEGIES = ("default", "mirrored", "multi_worker")
-CMNAS_DEFAULT_CONFIG = "configs/cmnas/all_share.cfg"
+REFERENCE_ROOT_FOLDER = os.path.expanduser("~/Documents/Local Storage/Dataset")
 
 
 def _define_once(definer, name, *args, **kwargs):
@@ -234,6 +229,12 @@ def validate_flags(values):
     for name in ("patch_replacement_probability", "random_erasing_probability"):
         value = getattr(values, name)
         _check(0.0 <= value <= 1.0, f"--{name}={value}: must be in [0, 1].")
+    _check(values.learning_rate_mode in LEARNING_RATE_MODES,
+           f"--learning_rate_mode={values.learning_rate_mode!r}: expected one of "
+           f"{', '.join(LEARNING_RATE_MODES)}.")
+    _check(values.optimizer_name in OPTIMIZERS,
+           f"--optimizer_name={values.optimizer_name!r}: expected one of "
+           f"{', '.join(OPTIMIZERS)}.")
     _check(values.augmentation_recipe in AUGMENTATION_RECIPES,
            f"--augmentation_recipe={values.augmentation_recipe!r}: expected one of "
            f"{', '.join(AUGMENTATION_RECIPES)}.")
@@ -257,7 +258,7 @@ def validate_flags(values):
     formats = [part for part in values.export_formats.split(",") if part]
     unknown = [part for part in formats if part not in EXPORT_FORMATS]
     _check(not unknown, f"--export_formats: unknown {unknown}; expected {', '.join(EXPORT_FORMATS)}.")
-    _check(values.mixed_precision in MIXED_PRECISION,
+    _check(values.mixed_precision in MIXED_PRECISION_POLICIES,
            f"--mixed_precision={values.mixed_precision!r}: expected '', mixed_bfloat16 or "
            "mixed_float16.")
     _check(values.strategy in STRATEGIES,

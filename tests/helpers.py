@@ -13,7 +13,7 @@ def parse_flags(*arguments):
 
 def run_solution(*arguments):
     """Run solution.py's job in-process; returns the results dict of ``run``."""
-    from reid_tf.training.run import run
+    from reid_tf.cli.train import run
     return run(parse_flags(*arguments))
 
 

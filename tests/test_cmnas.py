@@ -10,7 +10,7 @@ import tensorflow as tf
 import tf_keras
 
 from reid_tf.losses.cmnas import cmnas_total_loss
-from reid_tf.models import cmnas
+from reid_tf.models import cmnas, cmnas_imagenet
 from reid_tf.models.base import ReIDModels
 from reid_tf.models.cmnas_config import (
     ALL_SHARE,
@@ -149,9 +149,9 @@ def test_parameter_counts_and_variable_groups(mixed_models):
     bnneck = model.get_layer("bnneck")
     assert [w.name for w in bnneck.trainable_weights] == ["bnneck/gamma:0"]
     assert bnneck.beta is None  # the reference's frozen zero bias
-    assert cmnas.model_config(mixed_models) == MIXED_CONFIG
+    assert cmnas.switchable_config(mixed_models) == MIXED_CONFIG
 
-    groups = cmnas.cmnas_variable_groups(mixed_models)
+    groups = cmnas.variable_groups(mixed_models)
     splits = MIXED_CONFIG.count(0)
     shares = MIXED_CONFIG.count(1)
     assert len(groups.backbone) == 53 + 4 * splits + 2 * shares
@@ -239,7 +239,7 @@ def test_all_share_mode0_is_the_baseline_on_the_whole_batch(share_models, split_
 # ------------------------------------------------------------------------------ ImageNet
 def test_imagenet_weights_fill_all_three_sets_and_make_eval_config_independent(
         imagenet_file, mixed_models, split_models, share_models):
-    reports = [cmnas.load_imagenet_weights(models, imagenet_file)
+    reports = [cmnas_imagenet.load_imagenet_weights(models, imagenet_file)
                for models in (mixed_models, split_models, share_models)]
     state = torchvision_resnet50_state_dict()
     model = mixed_models.training_model
@@ -263,7 +263,7 @@ def test_imagenet_weights_fill_all_three_sets_and_make_eval_config_independent(
             np.testing.assert_allclose(models.inference_model([x, mode])[0].numpy(), reference,
                                        rtol=1e-5, atol=1e-6)
     with pytest.raises(FileNotFoundError, match="no_such_resnet50.pth"):
-        cmnas.load_imagenet_weights(mixed_models, "/tmp/no_such_resnet50.pth")
+        cmnas_imagenet.load_imagenet_weights(mixed_models, "/tmp/no_such_resnet50.pth")
 
 
 def test_tf2cv_resnet50_weights_map_tensor_for_tensor(tmp_path, split_models):
@@ -287,7 +287,7 @@ def test_tf2cv_resnet50_weights_map_tensor_for_tensor(tmp_path, split_models):
         assert len(matches) == 1, (parts, matches)
         return values[matches[0]]
 
-    report = cmnas.load_imagenet_weights(split_models, path)
+    report = cmnas_imagenet.load_imagenet_weights(split_models, path)
     assert len(report.assigned) == 53 + 53 * 12
     model = split_models.training_model
     np.testing.assert_array_equal(model.get_layer("conv1").kernel.numpy(),
@@ -304,7 +304,7 @@ def test_tf2cv_resnet50_weights_map_tensor_for_tensor(tmp_path, split_models):
 # ------------------------------------------------------------------------------ training step
 def test_training_step_never_touches_unselected_sets(mixed_models):
     model = mixed_models.training_model
-    groups = cmnas.cmnas_variable_groups(mixed_models)
+    groups = cmnas.variable_groups(mixed_models)
     frozen_before = [w.numpy() for w in groups.frozen]
     x = images(8, 7)
     labels = np.array([0, 0, 1, 1] * 2)
@@ -333,7 +333,7 @@ def test_training_step_never_touches_unselected_sets(mixed_models):
 def test_mixed_search_network_has_one_alpha_per_layer():
     training_model, inference_model = cmnas.build_cmnas_resnet50(
         ALL_SHARE, 7, input_shape=(None, None, 3), mixed=True)
-    groups = cmnas.cmnas_variable_groups(training_model)
+    groups = cmnas.variable_groups(training_model)
     assert len(groups.architecture) == 53 and groups.frozen == []
     assert cmnas.derived_config(training_model) == [0] * 53  # alpha = 0: tie -> split
     x = images(4, 8)

@@ -1,4 +1,4 @@
-"""CM-NAS trained and evaluated end to end through ``reid_tf.training.run.run`` (cmnas.md §6-9).
+"""CM-NAS trained and evaluated end to end through ``reid_tf.cli.train.run`` (cmnas.md §6-9).
 
 Two tiny runs (synthetic SYSU-MM01 and RegDB layouts, 64x32 images, P = 2, K = 2, one or two
 steps) go through the real flag parsing, data pipeline, model factory, trainer and evaluator;
@@ -18,11 +18,13 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
+from reid_tf.cli import train as run_module
+from reid_tf.cli.settings import evaluation_settings
 from reid_tf.data import load_dataset
 from reid_tf.data.pipeline import make_test_dataset
+from reid_tf.evaluation.dataset_evaluator import DatasetEvaluator
 from reid_tf.flags import define_flags, validate_flags
 from reid_tf.models import cmnas
-from reid_tf.training import run as run_module
 from reid_tf.training import trainer as trainer_module
 from reid_tf.training.schedules import LearningRateSchedule, parse_milestones
 
@@ -219,9 +221,9 @@ def test_sysu_run_writes_metrics_of_post_and_pre_bnneck_features(tmp_path, monke
     # --sysu_search_mode indoor / --sysu_shot 2 select the gallery cameras and shots.
     values = parse_flags(arguments + ["--sysu_search_mode=indoor", "--sysu_shot=2"])
     indoor = load_tiny("Synthetic_SYSU", cache_folder, search_mode="indoor", shot=2)
-    evaluator = run_module.DatasetEvaluator(values, "Synthetic_SYSU", "", indoor,
-                                            str(tmp_path / "indoor"), feature_index=1,
-                                            secondary_features={"pre_bnneck": 0})
+    evaluator = DatasetEvaluator(evaluation_settings(values), "Synthetic_SYSU", "", indoor,
+                                 str(tmp_path / "indoor"), feature_index=1,
+                                 secondary_features={"pre_bnneck": 0})
     summary = evaluator(model, "indoor", write=False)
     pool = indoor[indoor["split"] == "gallery"]
     assert set(pool["camera_ID"]) == {1, 2}
@@ -236,7 +238,7 @@ def test_regdb_run_one_step_groups_ema_and_metrics(tmp_path, monkeypatch, cache_
         monkeypatch, cache_folder, cmnas_arguments("Synthetic_RegDB", tmp_path))
     run_folder = tmp_path / "Synthetic_RegDB_cmnas_resnet50"
     models = trainer.models
-    groups = cmnas.cmnas_variable_groups(models)
+    groups = cmnas.variable_groups(models)
     ids = lambda variables: {id(v) for v in variables}  # noqa: E731
 
     # Parameter groups: backbone = convs + switchable BNs at 0.1 x lr, head = BNNeck gamma +

@@ -11,7 +11,7 @@ F = torch.nn.functional
 
 from reid_tf.convert import ARCHITECTURES  # noqa: E402
 from reid_tf.convert.cmnas import convert  # noqa: E402
-from reid_tf.convert.common import ConversionError, load_state_dict  # noqa: E402
+from reid_tf.runtime.checkpoints import ConversionError, load_state_dict  # noqa: E402
 from reid_tf.models import cmnas  # noqa: E402
 from reid_tf.models.cmnas_config import write_config  # noqa: E402
 from helpers import random_resnet50_state_dict  # noqa: E402

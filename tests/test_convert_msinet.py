@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from reid_tf.convert.common import ConversionError, load_state_dict
+from reid_tf.runtime.checkpoints import ConversionError, load_state_dict
 from reid_tf.convert.msinet import build_converted_model, convert
 from reid_tf.models.genotypes import MSMT_GENOTYPE
 from reid_tf.models.msinet import build_msinet

@@ -32,7 +32,7 @@ def _environment(**extra):
 def test_replica_parts_keep_whole_identities_and_modality_halves():
     import tensorflow as tf
 
-    from reid_tf.training.distribute import global_order, replica_parts
+    from reid_tf.runtime.distribute import global_order, replica_parts
 
     # P = 4 identities x K = 2, two replicas: replica r gets identities 2r, 2r + 1.
     labels = np.repeat(np.arange(4), 2)
@@ -64,7 +64,7 @@ class _Strategy:
 
 
 def test_identities_must_split_over_replicas_and_chief_rules(tmp_path):
-    from reid_tf.training import distribute
+    from reid_tf.runtime import distribute
 
     with pytest.raises(distribute.DistributionError,
                        match=r"--identity_num_per_batch=6 .* 4 replicas.*multiple of 4"):
@@ -100,7 +100,7 @@ def test_identities_must_split_over_replicas_and_chief_rules(tmp_path):
      r"index 2 .* \(0..1\)"),
 ])
 def test_tf_config_is_checked(value, message):
-    from reid_tf.training.distribute import DistributionError, read_tf_config
+    from reid_tf.runtime.distribute import DistributionError, read_tf_config
 
     environ = {} if value is None else {"TF_CONFIG": value}
     with pytest.raises(DistributionError, match=message):
@@ -112,7 +112,7 @@ def test_tf_config_is_checked(value, message):
 def test_strategy_names(monkeypatch):
     import tensorflow as tf
 
-    from reid_tf.training import distribute
+    from reid_tf.runtime import distribute
 
     default = distribute.create_strategy("default")
     assert default is tf.distribute.get_strategy() and not distribute.is_distributed(default)
@@ -132,7 +132,7 @@ def test_synchronised_batch_norm_on_one_replica_keeps_the_fused_statistics():
     import tf_keras as keras
 
     from reid_tf.models.switchable_bn import TorchBatchNormalization
-    from reid_tf.training.distribute import synchronize_batch_normalization
+    from reid_tf.models.sync_bn import synchronize_batch_normalization
 
     x = tf.constant(np.random.default_rng(0).normal(1.0, 2.0, (4, 3, 2, 5)), tf.float32)
     inputs = keras.Input((3, 2, 5))
@@ -180,7 +180,8 @@ def _bn_checks(strategy):
     import tf_keras as keras
 
     from reid_tf.models.switchable_bn import TorchBatchNormalization
-    from reid_tf.training import distribute
+    from reid_tf.models.sync_bn import synchronize_batch_normalization
+    from reid_tf.runtime import distribute
 
     rng = np.random.default_rng(1)
     cases = {
@@ -211,7 +212,7 @@ def _bn_checks(strategy):
             layer = make()
             layer.build(shape)
         layer.gamma.assign(gamma)
-        distribute.synchronize_batch_normalization(layer)
+        synchronize_batch_normalization(layer)
         parts = distribute.split_batch(strategy, x, weights)
         outputs = tf.function(lambda a, b: strategy.run(forward, args=(layer, a, b)))(*parts)
         local = [strategy.experimental_local_results(value) for value in outputs]
@@ -235,7 +236,7 @@ def _batch_checks(strategy):
     puts the global batch back together."""
     import tensorflow as tf
 
-    from reid_tf.training import distribute
+    from reid_tf.runtime import distribute
 
     results = {}
     for cross_modality, labels in ((False, np.repeat(np.arange(4), 2)),
@@ -332,7 +333,7 @@ def _first_step(strategy, objective, train, label_map, folder, initial=None,
     import tf_keras as keras
 
     from reid_tf.training.data import TrainingInput
-    from reid_tf.training.distribute import synchronize_batch_normalization
+    from reid_tf.models.sync_bn import synchronize_batch_normalization
     from reid_tf.training.ema import WeightEMA
     from reid_tf.training.optimizers import build_optimizer
     from reid_tf.training.trainer import Trainer
@@ -375,12 +376,13 @@ def _trainer_checks(strategy, folder):
     Also: the factory synchronises every BN of MSINet under the strategy."""
     from reid_tf.data import load_dataset
     from reid_tf.data.pipeline import make_label_map
+    from reid_tf.cli.settings import model_settings
     from reid_tf.flags import FLAGS, define_flags, parse_dataset_options
     from reid_tf.losses.objective import Objective, ObjectiveConfig
     from reid_tf.models.base import iter_layers
     from reid_tf.models.factory import build_models
     from reid_tf.models.msinet import num_batch_norms
-    from reid_tf.training.distribute import _CrossReplicaKerasBatchNormalization
+    from reid_tf.models.sync_bn import _CrossReplicaKerasBatchNormalization
 
     define_flags()
     FLAGS(["test", "--dataset_name=Synthetic",
@@ -389,7 +391,7 @@ def _trainer_checks(strategy, folder):
     frame = load_dataset("Synthetic", "", **parse_dataset_options(FLAGS.dataset_options))
     train = frame[frame["split"] == "train"].reset_index(drop=True)
     label_map = make_label_map(train)
-    msinet, _, _ = build_models(FLAGS, len(label_map), strategy=strategy)
+    msinet, _, _ = build_models(model_settings(FLAGS), len(label_map), strategy=strategy)
     synchronised = sum(isinstance(layer, _CrossReplicaKerasBatchNormalization)
                        for layer in iter_layers(msinet.training_model))
 
@@ -420,7 +422,7 @@ def _trainer_checks(strategy, folder):
 
 
 def _run_mirrored_checks(folder):
-    from reid_tf.training import distribute
+    from reid_tf.runtime import distribute
     distribute.configure_logical_cpus(2)
     import tensorflow as tf
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})

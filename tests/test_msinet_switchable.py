@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
+from reid_tf.cli.settings import model_settings
 from reid_tf.flags import define_flags
-from reid_tf.models import msinet
+from reid_tf.models import msinet, msinet_switchable
 from reid_tf.models.cmnas_config import ConfigError
 from reid_tf.models.factory import build_models
 from reid_tf.models.msinet_ops import default_batch_norm
@@ -35,8 +36,9 @@ def outputs_of(model, inputs):
 
 @pytest.fixture(scope="module")
 def split_models():
-    return msinet.build_msinet_models("msmt", CLASSES, input_shape=SHAPE,
-                                      bn_config=os.path.join(CONFIGS, "msinet_all_split.cfg"))
+    return msinet_switchable.build_switchable_msinet_models(
+        "msmt", CLASSES, input_shape=SHAPE,
+        bn_config=os.path.join(CONFIGS, "msinet_all_split.cfg"))
 
 
 # ------------------------------------------------------------------------------ configs
@@ -44,29 +46,32 @@ def test_config_files_order_and_length_errors(tmp_path):
     assert len(NAMES) == msinet.num_batch_norms() == 80
     assert (NAMES[0], NAMES[13], NAMES[26], NAMES[78], NAMES[79]) == (
         "conv1_bn", "cells_0_downsample_bn", "cells_2_0_bn", "head_bn", "f_head_bn")
-    assert msinet.resolve_bn_config(os.path.join(CONFIGS, "msinet_all_share.cfg")) == [1] * 80
-    assert msinet.resolve_bn_config(os.path.join(CONFIGS, "msinet_all_split.cfg")) == [0] * 80
+    resolve = msinet_switchable.resolve_bn_config
+    assert resolve(os.path.join(CONFIGS, "msinet_all_share.cfg")) == [1] * 80
+    assert resolve(os.path.join(CONFIGS, "msinet_all_split.cfg")) == [0] * 80
     # A CM-NAS ResNet-50 config (53 values) names the file and MSINet's count.
     cmnas_file = os.path.join(CONFIGS, "all_share.cfg")
     with pytest.raises(ConfigError, match=r"all_share\.cfg.*exactly 80 values.*got 53"):
-        msinet.resolve_bn_config(cmnas_file)
+        msinet_switchable.resolve_bn_config(cmnas_file)
     short = tmp_path / "short.cfg"
     short.write_text(" ".join(["1"] * 79) + "\n")
     with pytest.raises(ConfigError, match=r"short\.cfg.*exactly 80 values.*got 79"):
-        msinet.resolve_bn_config(str(short))
+        msinet_switchable.resolve_bn_config(str(short))
     bad = tmp_path / "bad.cfg"
     bad.write_text(" ".join(["1"] * 40 + ["2"] + ["0"] * 39) + "\n")
     with pytest.raises(ConfigError, match=r"bad\.cfg.*position 40"):
-        msinet.resolve_bn_config(str(bad))
+        msinet_switchable.resolve_bn_config(str(bad))
     with pytest.raises(ConfigError, match=r"bn_config.*exactly 80 values.*got 53"):
-        msinet.resolve_bn_config([1] * 53)
+        msinet_switchable.resolve_bn_config([1] * 53)
     with pytest.raises(FileNotFoundError, match="missing.cfg"):
-        msinet.resolve_bn_config(str(tmp_path / "missing.cfg"))
+        msinet_switchable.resolve_bn_config(str(tmp_path / "missing.cfg"))
     # The length is checked before any layer is built.
     with pytest.raises(ConfigError, match="exactly 80"):
-        msinet.build_msinet("msmt", CLASSES, input_shape=SHAPE, bn_config=cmnas_file)
+        msinet_switchable.build_switchable_msinet_models("msmt", CLASSES, input_shape=SHAPE,
+                                                         bn_config=cmnas_file)
     with pytest.raises(ValueError, match="mixed=True .* needs bn_config"):
-        msinet.build_msinet("msmt", CLASSES, input_shape=SHAPE, mixed=True)
+        msinet_switchable.build_switchable_msinet_models("msmt", CLASSES, input_shape=SHAPE,
+                                                         mixed=True)
 
 
 # ------------------------------------------------------------------------------ all share
@@ -105,7 +110,8 @@ def copy_into(plain_model, share_model, seed):
 def test_all_share_mode0_equals_plain_msinet_on_the_whole_batch(reference_bn, tolerance):
     plain = msinet.build_msinet_models("msmt", CLASSES, input_shape=SHAPE,
                                        bn_factory=reference_bn)
-    share = msinet.build_msinet_models("msmt", CLASSES, input_shape=SHAPE, bn_config=[1] * 80)
+    share = msinet_switchable.build_switchable_msinet_models("msmt", CLASSES, input_shape=SHAPE,
+                                                             bn_config=[1] * 80)
     plain_model, share_model = plain.training_model, share.training_model
     assert len(share_model.inputs) == 2 and len(plain_model.inputs) == 1
     copy_into(plain_model, share_model, seed=3)
@@ -141,7 +147,7 @@ def test_all_split_halves_are_independent(split_models):
             # The visible half of mode 0 is mode 1 on the visible images alone.
             np.testing.assert_allclose(c, a[:4], rtol=1e-4, atol=1e-5, err_msg=key)
             assert np.abs(b[4:] - a[4:]).max() > 1e-3
-    for layer in msinet.switchable_batch_norm_layers(split_models):
+    for layer in msinet_switchable.switchable_bn_layers(split_models):
         assert np.all(layer.sharable_bn.moving_mean.numpy() == 0), layer.name
         assert np.abs(layer.thermal_bn.moving_mean.numpy()).max() > 0, layer.name
 
@@ -166,10 +172,11 @@ def test_eval_mode_uses_the_modality_statistics(split_models):
 
 # ------------------------------------------------------------------------------ groups, search
 def test_variable_groups_and_gradients_of_a_mixed_config():
-    models = msinet.build_msinet_models("msmt", CLASSES, input_shape=SHAPE, bn_config=MIXED)
+    models = msinet_switchable.build_switchable_msinet_models("msmt", CLASSES, input_shape=SHAPE,
+                                                              bn_config=MIXED)
     model = models.training_model
-    assert msinet.switchable_config(models) == MIXED
-    groups = msinet.switchable_variable_groups(models)
+    assert msinet_switchable.switchable_config(models) == MIXED
+    groups = msinet_switchable.variable_groups(models)
     assert groups.architecture == []
     ids = lambda variables: {id(v) for v in variables}  # noqa: E731
     trainable = ids(model.trainable_variables)
@@ -193,18 +200,18 @@ def test_variable_groups_and_gradients_of_a_mixed_config():
 
 
 def test_mixed_supernet_has_one_alpha_per_bn():
-    models = msinet.build_msinet_models("msmt", CLASSES, input_shape=SHAPE,
-                                        bn_config=[1] * 80, mixed=True)
-    groups = msinet.switchable_variable_groups(models)
+    models = msinet_switchable.build_switchable_msinet_models("msmt", CLASSES, input_shape=SHAPE,
+                                                              bn_config=[1] * 80, mixed=True)
+    groups = msinet_switchable.variable_groups(models)
     assert len(groups.architecture) == 80 and groups.frozen == []
-    assert msinet.derived_switchable_config(models) == [0] * 80  # alpha = 0: tie -> split
+    assert msinet_switchable.derived_config(models) == [0] * 80  # alpha = 0: tie -> split
     stem = models.training_model.get_layer("conv1_bn")
     outputs = models.training_model([images(4, 7), 0], training=True)
     assert outputs["logits"][0].shape == (4, CLASSES)
     for bn in stem.bn_sets.values():  # both paths ran in training mode
         assert np.abs(bn.moving_mean.numpy()).max() > 0
     groups.architecture[78].assign([0.0, 1.0])
-    derived = msinet.derived_switchable_config(models)
+    derived = msinet_switchable.derived_config(models)
     assert derived[78] == 1 and sum(derived) == 1
 
 
@@ -215,7 +222,7 @@ def parse(arguments):
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["solution.py", "--backbone_model_name=msinet", "--image_height=64",
                  "--image_width=32"] + arguments)
-    return flags.FLAGS
+    return model_settings(flags.FLAGS)
 
 
 def test_factory_builds_the_switchable_form_only_when_the_config_is_given():

@@ -1,7 +1,7 @@
-"""CM-NAS's BN-split search (``nas.bn_split``, cmnas.md §11.2): the mixed layer, the data split,
+"""CM-NAS's BN-split search (``nas.spaces.bn_split``, cmnas.md §11.2): the mixed layer, the data split,
 the objective, the grouped weight optimiser, derivation, a short search on a tiny synthetic
 SYSU-MM01 set with the ResNet-50 supernet (outputs, warm-up, step isolation, exact resume), the
-MSINet supernet, training the searched config through ``reid_tf.training.run.run`` and the
+MSINet supernet, training the searched config through ``reid_tf.cli.train.run`` and the
 flagfiles.
 
 Tracing and instantiating the ResNet-50 steps costs minutes on two CPU cores, so this module
@@ -20,14 +20,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nas.bn_split import (BnSplitSearchSpace, GroupedWeightOptimizer, bn_split_objective,
-                          split_official_val, split_per_identity_half, sysu_split_file)
-from nas.search import SearchConfig
-from nas.searcher import SearchSpace, Searcher
+from nas.spaces.bn_split import BnSplitSearchSpace, bn_split_objective
+from nas.spaces.bn_split_data import split_official_val, split_per_identity_half, sysu_split_file
+from nas.spaces.bn_split_optimizer import GroupedWeightOptimizer
+from nas.config import SearchConfig
+from nas.searcher import Searcher
+from nas.spaces.base import SearchSpace
 from reid_tf.data import load_dataset
 from reid_tf.data.sysu_mm01 import read_id_file
 from reid_tf.losses.cmnas import cmnas_total_loss
-from reid_tf.models import cmnas, msinet
+from reid_tf.models import cmnas, msinet, msinet_switchable
 from reid_tf.models.cmnas_config import derive_config, read_config
 from reid_tf.models.switchable_bn import SwitchableBatchNormalization
 
@@ -408,7 +410,7 @@ class TinySpace(SearchSpace):
 def test_clean_iterations_run_as_the_architecture_and_weight_functions_traced_once():
     """The search's step in the bn_split mode (no accumulated valid gradient, weights-only
     iterations): two functions, each traced once, equal to the single full step."""
-    from nas.searcher import BilevelStep
+    from nas.bilevel import BilevelStep
     from reid_tf.training.optimizers import TorchAdam, TorchSGD
 
     def make():
@@ -490,7 +492,7 @@ def test_searched_config_trains_one_step_through_run(searched, cache_folder, tmp
                                                      monkeypatch):
     from absl import flags
     from reid_tf.flags import define_flags
-    from reid_tf.training import run as run_module
+    from reid_tf.cli import train as run_module
     from reid_tf.training import trainer as trainer_module
 
     config_path = os.path.join(searched["folder"], "config.cfg")
@@ -524,7 +526,7 @@ def test_searched_config_trains_one_step_through_run(searched, cache_folder, tmp
     monkeypatch.setattr(trainer_module, "Trainer", RecordingTrainer)
     run_module.run(flags.FLAGS)
     model = recorded["trainer"].models.training_model
-    assert cmnas.model_config(model) == read_config(config_path) == searched["result"]
+    assert cmnas.switchable_config(model) == read_config(config_path) == searched["result"]
     run_folder = tmp_path / "Synthetic_SYSU_cmnas_resnet50"
     with open(run_folder / "history.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -548,10 +550,10 @@ def test_msinet_supernet_has_80_mixed_bns_and_writes_an_80_value_config(cache_fo
     for variable, row in zip(space.arch_variables, values):
         variable.assign(row)
     expected = [1 if k % 3 == 0 else 0 for k in range(80)]
-    assert space.derive() == expected == msinet.derived_switchable_config(space.models)
+    assert space.derive() == expected == msinet_switchable.derived_config(space.models)
     path = str(tmp_path / "msinet.cfg")
     space.write_result(space.derive(), path)
-    assert msinet.resolve_bn_config(path) == expected == read_config(path, length=80)
+    assert msinet_switchable.resolve_bn_config(path) == expected == read_config(path, length=80)
     history = space.alpha_history(str(tmp_path / "history.npz"))
     history.log(3, values)
     assert read_npz(str(tmp_path / "history.npz"))["alpha"].shape == (1, 80, 2)

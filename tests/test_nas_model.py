@@ -11,10 +11,11 @@ import tensorflow as tf
 import tf_keras as keras
 
 from nas.architect import Architect
-from nas.genotypes import AlphaHistory, derive_genotype, plot_alpha_history, write_genotype
+from nas.alpha import AlphaHistory, derive_genotype, plot_alpha_history, write_genotype
 from nas.model_search import (MixedInteraction, alpha_row, initial_alpha,
                               search_parameter_counts)
-from nas.searcher import BilevelStep, MsiSearchSpace
+from nas.bilevel import BilevelStep
+from nas.spaces.msi import MsiSearchSpace
 from reid_tf.models.genotypes import load_genotype
 from reid_tf.models.msinet_ops import PRIMITIVES, ChannelGate, CrossAttention
 from reid_tf.training.optimizers import TorchAdam, TorchSGD

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nas.genotypes import derive_genotype
-from nas.searcher import SearchConfig, Searcher
+from nas.alpha import derive_genotype
+from nas.config import SearchConfig
+from nas.searcher import Searcher
 from nas.tcm import EndlessBatches, separate_trainval
 from reid_tf.data import load_dataset
 from reid_tf.data.pipeline import training_epoch_elements

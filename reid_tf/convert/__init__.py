@@ -4,7 +4,7 @@
 --output_file_path Y.h5`` (see ``reid_tf/convert/__main__.py``). Each architecture has its own
 module exposing ``convert(state_dict, output_file_path, **options) -> ConversionReport``.
 """
-from reid_tf.convert.common import (  # noqa: F401
+from reid_tf.runtime.checkpoints import (  # noqa: F401
     ConversionError,
     ConversionReport,
     WeightAssigner,

@@ -7,7 +7,7 @@ import reid_tf  # noqa: F401  (selects tf-keras)
 from absl import app, flags
 
 from reid_tf.convert import ARCHITECTURES
-from reid_tf.convert.common import ConversionError, load_state_dict, print_report
+from reid_tf.runtime.checkpoints import ConversionError, load_state_dict, print_report
 
 flags.DEFINE_enum("architecture", None, sorted(ARCHITECTURES), "Architecture of the checkpoint.")
 flags.DEFINE_string("source_file_path", None, "PyTorch checkpoint (.pth, .pth.tar) or .npz.")

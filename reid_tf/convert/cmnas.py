@@ -5,7 +5,7 @@
 
 The reference checkpoint is ``{"epoch", "model", "ema", "optimizer"}``; ``model`` and ``ema`` are
 state dicts of the ``DataParallel`` network (``module.`` prefixes, stripped by
-:func:`reid_tf.convert.common.load_state_dict`). Mapping (spec §4.6):
+:func:`reid_tf.runtime.checkpoints.load_state_dict`). Mapping (spec §4.6):
 
 * ``backbone.conv1.weight`` / ``backbone.layer{s}.{b}.conv{k}.weight`` /
   ``backbone.layer{s}.0.downsample.conv.weight`` -> ``conv1`` / ``layer{s}_{b}_conv{k}`` /
@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from reid_tf.convert.common import (
+from reid_tf.runtime.checkpoints import (
     ConversionError,
     WeightAssigner,
     conv_kernel,
@@ -95,7 +95,7 @@ def convert(state_dict, output_file_path, flags=None):
         ``classifier.weight``), ``image_height``, ``image_width`` (default 256 x 128).
 
     Returns:
-      :class:`reid_tf.convert.common.ConversionReport`.
+      :class:`reid_tf.runtime.checkpoints.ConversionReport`.
     """
     state_dict = _strip_module(state_dict)
     config_path = _flag(flags, "cmnas_config_file_path")

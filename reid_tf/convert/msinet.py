@@ -20,7 +20,7 @@ skipped and reported; the Keras variables it would have filled keep their initia
 """
 import os
 
-from reid_tf.convert.common import (
+from reid_tf.runtime.checkpoints import (
     ConversionError,
     WeightAssigner,
     conv_kernel,
@@ -104,7 +104,7 @@ def assign_state_dict(model, state_dict):
     """Assign every reference tensor of ``state_dict`` to ``model`` by name.
 
     Returns:
-      The :class:`reid_tf.convert.common.ConversionReport`.
+      The :class:`reid_tf.runtime.checkpoints.ConversionReport`.
     """
     from reid_tf.models.base import iter_layers
 
@@ -184,7 +184,7 @@ def convert(state_dict, output_file_path, flags=None, **options):
       **options: the same names, overriding ``flags``.
 
     Returns:
-      :class:`reid_tf.convert.common.ConversionReport`.
+      :class:`reid_tf.runtime.checkpoints.ConversionReport`.
     """
     unknown = set(options) - set(DEFAULTS)
     if unknown:

@@ -27,6 +27,7 @@ on which thread ran it or on what was augmented before. (``Compose(seed=...)`` i
 seeds every transform with the *same* seed, which correlates their draws.)
 """
 import copy
+import dataclasses
 import random
 import threading
 
@@ -35,12 +36,14 @@ import cv2
 import numpy as np
 
 from reid_tf.data.images import check_image_size
+from reid_tf.runtime.choices import AUGMENTATION_RECIPES
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGENET_MEAN_COLOUR",
     "RECIPES",
+    "AugmentationSettings",
     "RandomErasingUint8",
     "RandomGrayscalePatchReplacement",
     "RandomErasingNormalized",
@@ -63,7 +66,7 @@ MSINET_ERASING_FILL = (0.4914, 0.4822, 0.4465)
 # cmnas.md §7.3: the erasing fill of the normalised tensor (the raw ImageNet means).
 CMNAS_ERASING_FILL = (0.485, 0.456, 0.406)
 
-RECIPES = ("flipreid", "msinet", "cmnas", "none")
+RECIPES = AUGMENTATION_RECIPES
 
 _ERASING_AREA_RANGE = (0.02, 0.4)
 _ERASING_MIN_ASPECT = 0.3
@@ -241,6 +244,20 @@ _RECIPE_OPTIONS = {
               "padding": 10},
     "none": {},
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentationSettings:
+    """A training augmentation: a recipe, the image size and the recipe's options
+    (:func:`build_augmentation`, which :meth:`build` calls)."""
+
+    recipe: str = "flipreid"
+    height: int = 384
+    width: int = 128
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def build(self):
+        return build_augmentation(self.recipe, self.height, self.width, **self.options)
 
 
 def build_augmentation(recipe, height, width, **options):

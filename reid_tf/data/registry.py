@@ -10,20 +10,15 @@ import os
 
 import pandas as pd
 
+# The evaluation protocols a dataset can declare.
+from reid_tf.runtime.choices import CROSS_MODALITY_PROTOCOLS, PROTOCOLS  # noqa: F401
+
 COLUMNS = ["image_file_path", "identity_ID", "camera_ID", "modality", "split"]
 SPLITS = ("train", "query", "gallery")
 MODALITIES = ("visible", "infrared")
 
 _LOADERS = {}
 _PROTOCOLS = {}
-
-# Evaluation protocols a dataset can declare (see reid_tf.evaluation.protocols):
-#   "standard"  - Market-1501 semantics: same identity + same camera gallery items are removed;
-#   "vehicleid" - no camera filtering, random query/gallery trials (test sizes 800/1600/2400);
-#   "sysu_mm01" - camera-3 queries never see camera-2 gallery items, distinct-identity CMC,
-#                 10 random gallery trials;
-#   "regdb"     - standard CMC without camera filtering, 10 fixed trials.
-PROTOCOLS = ("standard", "vehicleid", "sysu_mm01", "regdb")
 
 
 class DatasetError(ValueError):

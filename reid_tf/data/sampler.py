@@ -46,9 +46,9 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-__all__ = ["PKSampler", "CrossModalitySampler", "SAMPLER_POLICIES"]
+from reid_tf.runtime.choices import SAMPLER_POLICIES
 
-SAMPLER_POLICIES = ("flipreid", "msinet")
+__all__ = ["PKSampler", "CrossModalitySampler", "SAMPLER_POLICIES"]
 # flipreid.md §2.1: the reference's --steps_per_epoch default.
 FLIPREID_DEFAULT_STEPS_PER_EPOCH = 200
 _STATE_VERSION = 1

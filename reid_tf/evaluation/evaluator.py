@@ -23,22 +23,28 @@ import tensorflow as tf
 
 from reid_tf.evaluation import protocols
 from reid_tf.evaluation.distance import pairwise_distance
-
-MODE_BY_MODALITY = {"visible": 1, "infrared": 2}
+from reid_tf.models.switchable_bn import MODE_BY_MODALITY
 
 
 class FeatureExtractor:
-    """Callable ``extractor(dataframe) -> (N, D) float32 features`` in DataFrame order."""
+    """Callable ``extractor(dataframe) -> (N, D) float32 features`` in DataFrame order.
+
+    ``inference_model`` is a Keras model (called with ``training=False``; a second input is
+    the modality mode) or a function ``images -> features`` (e.g. a search network's
+    ``embed``). ``num_parallel_calls``: parallel image decoding of the test pipeline.
+    """
 
     def __init__(self, inference_model, height, width, batch_size=64, flip=False,
-                 feature_index=None):
+                 feature_index=None, num_parallel_calls=None):
         self.model = inference_model
         self.height = height
         self.width = width
         self.batch_size = batch_size
         self.flip = flip
         self.feature_index = feature_index
-        self.uses_mode = len(inference_model.inputs) > 1
+        self.num_parallel_calls = num_parallel_calls
+        self.is_keras_model = hasattr(inference_model, "inputs")
+        self.uses_mode = self.is_keras_model and len(inference_model.inputs) > 1
         self._traced = {}
 
     def _predict(self, images, mode):
@@ -55,7 +61,8 @@ class FeatureExtractor:
 
     def _forward(self, images, mode):
         inputs = [images, mode] if self.uses_mode else images
-        outputs = self.model(inputs, training=False)
+        outputs = (self.model(inputs, training=False) if self.is_keras_model
+                   else self.model(inputs))
         if isinstance(outputs, (list, tuple)):
             if self.feature_index is not None:
                 outputs = outputs[self.feature_index]
@@ -66,7 +73,7 @@ class FeatureExtractor:
     def _run(self, dataframe, flip, mode):
         from reid_tf.data.pipeline import make_test_dataset
         dataset = make_test_dataset(dataframe, self.height, self.width, self.batch_size,
-                                    flip=flip)
+                                    flip=flip, num_parallel_calls=self.num_parallel_calls)
         # A Python int (see _predict): a mode tensor would make each switchable BN trace all
         # three branches, and the mixed one rejects an odd batch such as the last, partial one.
         mode = int(mode)

@@ -1,4 +1,4 @@
-"""The training objective, assembled from flags, for every model family.
+"""The training objective of every model family, from an :class:`ObjectiveConfig`.
 
 The training model returns a dict (``reid_tf.models.flipping.build_training_model``):
 ``embeddings`` (list), ``logits`` (list), and depending on the model ``embeddings_original`` /
@@ -42,24 +42,6 @@ class ObjectiveConfig:
     images_per_identity: int = 4
     sam_mode: str = "none"
     sam_ratio: float = 2.0
-
-
-def objective_config_from_flags(values, cross_modality):
-    """The objective a run's flags describe (FlipReID's soft margin when margin < 0)."""
-    soft = values.triplet_margin < 0
-    return ObjectiveConfig(
-        triplet_margin=None if soft else float(values.triplet_margin),
-        triplet_normalize=bool(values.triplet_feature_normalization),
-        triplet_exclude_self=soft,
-        triplet_clamp=not soft,
-        label_smoothing=float(values.label_smoothing),
-        cross_modality=bool(cross_modality),
-        sp_weight=float(values.sp_loss_weight if cross_modality else 0.0),
-        cmmd_weight=float(values.cmmd_loss_weight if cross_modality else 0.0),
-        images_per_identity=int(values.image_num_per_identity),
-        sam_mode=values.sam_mode,
-        sam_ratio=float(values.sam_ratio),
-    )
 
 
 class Objective:

@@ -11,6 +11,8 @@ import os
 import numpy as np
 
 NUM_SWITCHABLE_BN = 53
+# The config of --cmnas_config_file_path's default (every BN shared), relative to the project.
+DEFAULT_CONFIG_FILE = "configs/cmnas/all_share.cfg"
 ALL_SHARE = (1,) * NUM_SWITCHABLE_BN
 ALL_SPLIT = (0,) * NUM_SWITCHABLE_BN
 

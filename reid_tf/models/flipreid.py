@@ -32,8 +32,8 @@ from reid_tf.models.backbones import (REPLICA_SUFFIXES, WEIGHTS_FLAG, build_back
 from reid_tf.models.base import ReIDModels
 from reid_tf.models.layers import ClipValues, GlobalGeMPooling2D, HeightSlice
 from reid_tf.models.regularization import collect_l2_terms
+from reid_tf.runtime.choices import POOLING_MODES
 
-POOLING_MODES = ("Average", "Max", "GeM")
 HEAD_BN_EPSILON = 2e-5
 HEAD_BN_MOMENTUM = 0.99
 HEAD_KERNEL_STDDEV = 0.001

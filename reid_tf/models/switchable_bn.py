@@ -16,7 +16,15 @@ With ``mixed=True`` the layer is the supernet cell of the BN-split search (§11.
 ``u = pi_split * SplitBN(x) + pi_share * ShareBN(x)`` followed by the optional ReLU, where
 ``pi = softmax(alpha / temperature)`` and ``alpha`` is the layer's architecture variable (or
 ``pi`` / ``alpha`` passed to the call).
+
+The networks with switchable BNs (:mod:`reid_tf.models.cmnas`,
+:mod:`reid_tf.models.msinet_switchable`) share one contract, four functions of a model:
+``switchable_bn_layers`` (the layers in config order), ``switchable_config`` (the switches it
+was built with), ``derived_config`` (the argmax of a mixed model's mixing weights) and
+``variable_groups`` (:class:`VariableGroups`).
 """
+import collections
+
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
@@ -29,9 +37,22 @@ MODE_VISIBLE = 1
 MODE_THERMAL = 2
 VALID_MODES = (MODE_MIXED, MODE_VISIBLE, MODE_THERMAL)
 BN_SET_NAMES = ("visible_bn", "thermal_bn", "sharable_bn")
+# The inference mode of each modality (mode 0, the mixed training batch, is not one).
+MODE_BY_MODALITY = {"visible": MODE_VISIBLE, "infrared": MODE_THERMAL}
+
+VariableGroups = collections.namedtuple("VariableGroups",
+                                        ["backbone", "head", "architecture", "frozen"])
+VariableGroups.__doc__ = """Variables of a network with switchable BNs, for the optimiser.
+
+backbone: trainable convs + the used switchable-BN affine parameters (CM-NAS: Adam at
+0.1 x lr); head: the layers after the backbone (CM-NAS: BNNeck gamma + classifier kernel);
+architecture: the ``alpha`` variables of mixed (search) layers, in config order; frozen: every
+variable of the BN sets the config never selects (gamma, beta and moving statistics), which
+must keep their values forever.
+"""
 
 
-def _resolve_training(training):
+def resolve_training(training):
     if training is None:
         return False
     if isinstance(training, (bool, int, np.bool_, np.integer)):
@@ -147,7 +168,7 @@ class TorchBatchNormalization(keras.layers.Layer):
 
     @tf.autograph.experimental.do_not_convert
     def call(self, inputs, training=None):
-        training = _resolve_training(training)
+        training = resolve_training(training)
         axes = list(range(len(inputs.shape) - 1))
         if training:
             mean, variance = tf.nn.moments(inputs, axes=axes)
@@ -301,7 +322,7 @@ class SwitchableBatchNormalization(keras.layers.Layer):
 
     @tf.autograph.experimental.do_not_convert
     def call(self, inputs, mode=0, training=None, arch_weights=None, arch_logits=None):
-        training = _resolve_training(training)
+        training = resolve_training(training)
         static = static_mode(mode)
         if static is None and _in_keras_shape_inference():
             # Building a functional model: only the output signature (that of the input) is

@@ -7,28 +7,8 @@ start of the next epoch so a resumed run continues without replaying earlier epo
 """
 import json
 
-from reid_tf.data.augmentation import build_augmentation
 from reid_tf.data.pipeline import make_label_map, make_training_dataset
 from reid_tf.data.sampler import CrossModalitySampler, PKSampler
-
-
-def augmentation_from_flags(values, cross_domain=False):
-    """The albumentations pipeline that ``--augmentation_recipe`` and its flags describe."""
-    recipe = values.augmentation_recipe if values.use_data_augmentation_in_training else "none"
-    height, width = values.image_height, values.image_width
-    if recipe == "flipreid":
-        options = {"patch_replacement_probability": values.patch_replacement_probability,
-                   "random_erasing_probability": values.random_erasing_probability}
-    elif recipe == "msinet":
-        jitter = bool(values.color_jitter or cross_domain)
-        options = {"color_jitter": jitter,
-                   "random_erasing_probability": 0.0 if jitter else
-                   values.random_erasing_probability}
-    elif recipe == "cmnas":
-        options = {"random_erasing_probability": values.random_erasing_probability}
-    else:
-        options = {}
-    return build_augmentation(recipe, height, width, **options)
 
 
 class TrainingInput:

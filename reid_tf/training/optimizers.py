@@ -13,7 +13,7 @@ as with the built-in ones.
 import tensorflow as tf
 import tf_keras as keras
 
-OPTIMIZERS = ("adam", "sgd", "torch_adam")
+from reid_tf.runtime.choices import OPTIMIZERS
 
 
 class TorchSGD(keras.optimizers.Optimizer):

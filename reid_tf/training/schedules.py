@@ -9,7 +9,7 @@ msinet.md §9.4, cmnas.md §8.2). The rate is constant within an epoch and floor
 import dataclasses
 import math
 
-MODES = ("constant", "linear", "cosine", "warmup", "default", "warmup_multistep")
+from reid_tf.runtime.choices import LEARNING_RATE_MODES as MODES
 
 
 @dataclasses.dataclass(frozen=True)

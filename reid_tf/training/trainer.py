@@ -1,5 +1,5 @@
-"""The one training loop of reid-tf: a custom loop with ``tf.GradientTape`` inside
-``tf.function``, shared by FlipReID, MSINet and CM-NAS (and reused by the search).
+"""The training engine of reid-tf: :class:`Trainer`, the :class:`~reid_tf.training.engine.Engine`
+whose step is one optimiser update, shared by FlipReID, MSINet and CM-NAS.
 
 What a model family provides:
 
@@ -10,44 +10,28 @@ What a model family provides:
 * ``data`` — the training input (:class:`reid_tf.training.data.TrainingInput`): one
   ``tf.data`` dataset per epoch and a resumable sampler state.
 
-The trainer owns the rest: phases (frozen backbone, then everything), optimiser groups
-(``backbone_learning_rate_multiplier``), the per-epoch learning-rate schedule, optional weight
-EMA, evaluation every N epochs, the progress bar, TensorBoard scalars, a CSV history, the
-resumable checkpoint (weights, optimisers, EMA, sampler state, position) and the stop on a
-non-finite loss.
+The trainer adds to the engine's loop and bookkeeping: phases (frozen backbone, then
+everything), optimiser groups (``backbone_learning_rate_multiplier``), the per-epoch
+learning-rate schedule, dynamic loss scaling under ``mixed_float16``, optional weight EMA,
+evaluation every N epochs and the progress bar.
 
-Distribution (``strategy``, :mod:`reid_tf.training.distribute`): the models (and the EMA) must
+Distribution (``strategy``, :mod:`reid_tf.runtime.distribute`): the models (and the EMA) must
 have been built inside ``strategy.scope()``; the trainer builds its optimisers there, feeds
 each replica its part of every global batch (whole identities; visible and infrared halves per
 replica), evaluates the objective on the all-gathered outputs (the one-device loss),
 back-propagates ``loss / R`` on every replica and reports the global losses.
 """
-import collections
-import csv
-import dataclasses
-import json
-import math
-import os
 import sys
-import time
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from reid_tf.models.base import iter_layers, set_trainable_by_prefix
-from reid_tf.training import distribute
+from reid_tf.runtime import distribute
+from reid_tf.training.engine import Engine, NonFiniteLossError, Phase, on_replicas
 
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when a training step produced a NaN or infinite loss."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-    name: str
-    epochs: int
-    freeze_backbone: bool
+__all__ = ["Trainer", "Phase", "NonFiniteLossError", "training_phases"]
 
 
 def training_phases(epoch_num, freeze_backbone_for_N_epochs=0):
@@ -105,8 +89,15 @@ def _unscaled_gradients(optimizer, gradients, skip_together=False):
             for gradient in gradients]
 
 
-class Trainer:
-    """Custom training loop; see the module docstring."""
+class Trainer(Engine):
+    """The training loop; see the module docstring.
+
+    ``strategy``: the ``tf.distribute`` strategy the models were built under (default: the
+    current one). ``restore_folder``: the run folder whose checkpoint :meth:`restore` reads
+    (default ``output_folder``; a multi-worker run's non-chief workers write into a temporary
+    folder and resume from the chief's). ``after_epoch(trainer, phase, epoch)`` runs after
+    every epoch's steps, before its evaluation and checkpoint.
+    """
 
     def __init__(self, *, models, objective, data, schedule, optimizer_factory, output_folder,
                  epoch_num, freeze_backbone_for_N_epochs=0, evaluate_every_N_epochs=10,
@@ -114,47 +105,45 @@ class Trainer:
                  ema_reset_every_N_epochs=0, training_inputs=None, verbose=1,
                  checkpoint_max_to_keep=2, jit_compile=False, after_epoch=None, strategy=None,
                  restore_folder=None):
-        """See the module docstring. ``strategy``: the ``tf.distribute`` strategy the models
-        were built under (default: the current one). ``restore_folder``: the run folder whose
-        checkpoint :meth:`restore` reads (default ``output_folder``; a multi-worker run's
-        non-chief workers write into a temporary folder and resume from the chief's)."""
-        self.strategy = strategy or tf.distribute.get_strategy()
-        self.distributed = distribute.is_distributed(self.strategy)
-        self.replicas = distribute.num_replicas(self.strategy)
-        if self.distributed and jit_compile:
-            raise ValueError("--jit_compile is not available with --strategy mirrored or "
-                             "multi_worker (the distributed step's collective operations are "
-                             "not XLA-compiled); drop one of the two flags.")
+        super().__init__(output_folder, training_phases(epoch_num, freeze_backbone_for_N_epochs),
+                         strategy=strategy, restore_folder=restore_folder,
+                         jit_compile=jit_compile, position_column="global_epoch",
+                         verbose=verbose, checkpoint_max_to_keep=checkpoint_max_to_keep)
         self.cross_modality = bool(getattr(data, "cross_modality", False))
         self.models = models
         self.training_model = models.training_model
         self.objective = objective
         self.data = data
         self.schedule = schedule
-        self.output_folder = output_folder
         self.epoch_num = epoch_num
-        self.phases = training_phases(epoch_num, freeze_backbone_for_N_epochs)
         self.evaluate_every_N_epochs = evaluate_every_N_epochs
         self.evaluate_fn = evaluate
         self.ema = ema
         self.ema_reset_every_N_epochs = ema_reset_every_N_epochs
         self.training_inputs = training_inputs or (lambda images: images)
-        self.verbose = verbose
-        self.jit_compile = jit_compile
         self.after_epoch = after_epoch
         self.last_evaluation = None
         self.loss_scaling = uses_loss_scaling()
-        os.makedirs(output_folder, exist_ok=True)
+        self.groups = self._make_groups(optimizer_factory, backbone_learning_rate_multiplier)
+        self.regularization = list(models.regularization or ())
+        objects = {"model": self.training_model}
+        for name, _, optimizer, _ in self.groups:
+            objects[f"optimizer_{name}"] = optimizer
+        if ema is not None:
+            objects["ema"] = ema
+        self.track(objects, {"data_state": data})
+        self._trainable_snapshot = None
 
-        # Optimiser groups: the backbone may train at a multiple of the head learning rate
-        # (CM-NAS: 0.1). Each group has its own optimiser so Adam's moments stay per group.
+    def _make_groups(self, optimizer_factory, backbone_learning_rate_multiplier):
+        """Optimiser groups: the backbone may train at a multiple of the head learning rate
+        (CM-NAS: 0.1). Each group has its own optimiser so Adam's moments stay per group."""
         all_variables = self.training_model.trainable_variables
         multiplier = float(backbone_learning_rate_multiplier)
-        backbone_ids = (backbone_variable_ids(self.training_model, models.backbone_prefixes)
+        backbone_ids = (backbone_variable_ids(self.training_model, self.models.backbone_prefixes)
                         if multiplier != 1.0 else set())
         groups = [("backbone", multiplier, [v for v in all_variables if id(v) in backbone_ids]),
                   ("head", 1.0, [v for v in all_variables if id(v) not in backbone_ids])]
-        self.groups = []
+        built = []
         for name, group_multiplier, variables in groups:
             if not variables:
                 continue
@@ -165,29 +154,13 @@ class Trainer:
                     # float16 gradients underflow: dynamic loss scaling (start 2**15, halve
                     # on a non-finite step, which is skipped; double after 2000 good steps).
                     optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
-                # Build on every variable up front: the frozen phase then trains a subset and
+                # Build on every variable of the group: the frozen phase then trains a subset and
                 # the optimiser state carries over when the backbone is unfrozen (as in TF 2.2).
                 optimizer.build(variables)
-            self.groups.append((name, group_multiplier, optimizer, {id(v) for v in variables}))
+            built.append((name, group_multiplier, optimizer, {id(v) for v in variables}))
+        return built
 
-        self.regularization = list(models.regularization or ())
-        self._position = tf.Variable([0, 0], dtype=tf.int64, trainable=False, name="position")
-        self._data_state = tf.Variable("", dtype=tf.string, trainable=False, name="data_state")
-        checkpoint_objects = {"model": self.training_model, "position": self._position,
-                              "data_state": self._data_state}
-        for name, _, optimizer, _ in self.groups:
-            checkpoint_objects[f"optimizer_{name}"] = optimizer
-        if ema is not None:
-            checkpoint_objects["ema"] = ema
-        self.checkpoint = tf.train.Checkpoint(**checkpoint_objects)
-        self.checkpoint_manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(output_folder, "checkpoint"),
-            max_to_keep=checkpoint_max_to_keep)
-        self.restore_folder = restore_folder or output_folder
-        self.history_path = os.path.join(output_folder, "history.csv")
-        self.summary_writer = tf.summary.create_file_writer(os.path.join(output_folder, "tensorboard"))
-
-    # ------------------------------------------------------------------ steps
+    # ------------------------------------------------------------------ the step
     def _regularization_loss(self):
         total = 0.0
         for variable, factor, _ in self.regularization:
@@ -233,16 +206,9 @@ class Trainer:
                 self.ema.update()
             return losses
 
-        if not self.distributed:
-            return tf.function(step, jit_compile=self.jit_compile, reduce_retracing=True)
-
-        def distributed_step(images, labels):
-            per_replica = self.strategy.run(step, args=(images, labels))
-            # Gathered terms are equal on every replica; per-replica terms are averaged.
-            return {name: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
-                    for name, value in per_replica.items()}
-
-        return tf.function(distributed_step, reduce_retracing=True)
+        # Gathered terms are equal on every replica; per-replica terms are averaged.
+        return tf.function(on_replicas(self.strategy, step, "mean"),
+                           jit_compile=self.jit_compile, reduce_retracing=True)
 
     def _objective_losses(self, outputs, labels):
         """The objective on the global batch: with several replicas in sync, the outputs and
@@ -260,78 +226,72 @@ class Trainer:
                                        local_labels=labels))
         return dict(self.objective(gathered, global_labels))
 
-    # ------------------------------------------------------------------ state
+    # ------------------------------------------------------------------ phases and epochs
+    def begin_fit(self, phase_index, epoch):
+        if (phase_index, epoch) != (0, 0):
+            self.log(f"Resuming from checkpoint: phase {phase_index}, epoch {epoch}.")
+
+    def begin_phase(self, phase):
+        if phase.freeze_backbone:
+            # Remember every layer's flag so unfreezing restores layers that are frozen by
+            # design (rather than making everything trainable).
+            self._trainable_snapshot = [(layer, layer.trainable)
+                                        for layer in iter_layers(self.training_model)]
+            set_trainable_by_prefix(self.training_model, self.models.backbone_prefixes, False)
+        trainable = self.training_model.trainable_variables
+        self.log(f"Phase {phase.name}: {phase.epochs} epochs, {len(trainable)} trainable "
+                 f"variables ({sum(int(np.prod(v.shape)) for v in trainable):,} parameters).")
+
+    def end_phase(self, phase):
+        if self._trainable_snapshot is not None:
+            for layer, trainable in self._trainable_snapshot:
+                layer._trainable = trainable  # noqa: SLF001 (no propagation to children)
+            self._trainable_snapshot = None
+
     def _set_learning_rates(self, rate):
         for _, multiplier, optimizer, _ in self.groups:
             optimizer.learning_rate = rate * multiplier
 
-    def _save_checkpoint(self, phase_index, epoch_in_phase):
-        self._position.assign([phase_index, epoch_in_phase])
-        self._data_state.assign(self.data.get_state())
-        self.checkpoint_manager.save()
-
-    def restore(self):
-        """Restore the latest checkpoint if there is one; returns (phase_index, epoch)."""
-        latest = tf.train.latest_checkpoint(os.path.join(self.restore_folder, "checkpoint"))
-        if latest is None:
-            phase_index, epoch = 0, 0
-        else:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-            state = self._data_state.numpy().decode()
-            if state:
-                self.data.set_state(state)
-            phase_index, epoch = (int(value) for value in self._position.numpy())
-        task_type, _ = distribute.worker_task(self.strategy)
-        if self.distributed and task_type is not None:
-            # Every worker must resume at the same place (collectives would hang otherwise).
-            position = float(phase_index * 1_000_000 + epoch)
-            mean = float(distribute.mean_over_workers(self.strategy, position))
-            if mean != position:
-                raise RuntimeError(
-                    f"The workers of this multi-worker run resume from different checkpoints "
-                    f"(this one: phase {phase_index}, epoch {epoch}; checkpoint folder "
-                    f"{os.path.join(self.restore_folder, 'checkpoint')}). Put the run folder "
-                    "(--output_folder_path) on storage every machine sees, or start afresh "
-                    "with --overwrite_output_folder.")
-        return phase_index, epoch
-
-    # ------------------------------------------------------------------ logging
-    def _append_history(self, row):
-        exists = os.path.exists(self.history_path)
-        fieldnames = list(row)
-        if exists:
-            with open(self.history_path, newline="") as handle:
-                reader = csv.reader(handle)
-                header = next(reader, None) or []
-            if header and set(fieldnames) - set(header):
-                # A new column (e.g. evaluation metrics): rewrite with the union of columns.
-                with open(self.history_path, newline="") as handle:
-                    rows = list(csv.DictReader(handle))
-                fieldnames = header + [name for name in fieldnames if name not in header]
-                with open(self.history_path, "w", newline="") as handle:
-                    writer = csv.DictWriter(handle, fieldnames=fieldnames)
-                    writer.writeheader()
-                    writer.writerows(rows)
-            else:
-                fieldnames = header or fieldnames
-        with open(self.history_path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fieldnames, restval="")
-            if not exists:
-                writer.writeheader()
-            writer.writerow(row)
-
-    def _write_summaries(self, scalars, step):
-        with self.summary_writer.as_default():
-            for name, value in scalars.items():
-                if isinstance(value, (int, float, np.floating, np.integer)):
-                    tf.summary.scalar(name, float(value), step=step)
-        self.summary_writer.flush()
-
-    def _say(self, text):
+    def begin_epoch(self, phase, epoch, global_epoch):
+        self._rate = self.schedule(epoch)
+        self._set_learning_rates(self._rate)
+        self._phase, self._epoch, self._images_seen = phase, epoch, 0
+        verbose = (1 if sys.stdout.isatty() else 2) if self.verbose else 0
+        self._progbar = keras.utils.Progbar(self.data.steps_per_epoch, verbose=verbose,
+                                            stateful_metrics=None)
         if self.verbose:
-            print(text, flush=True)
+            print(f"{phase.name} epoch {epoch + 1}/{phase.epochs} (learning rate "
+                  f"{self._rate:.6g})", flush=True)
 
-    # ------------------------------------------------------------------ main loop
+    def epoch_batches(self, global_epoch):
+        if self.distributed:
+            return distribute.distribute_batches(
+                self.strategy, lambda: self.data.epoch_dataset(global_epoch),
+                self.cross_modality)
+        return self.data.epoch_dataset(global_epoch)
+
+    def train_step(self, train_step, step_index, batch):
+        images, labels = batch
+        losses = train_step(images, labels)
+        values = {name: float(value) for name, value in losses.items()}
+        if not np.isfinite(values["total"]):
+            step_number = int(self.groups[-1][2].iterations.numpy())
+            self.check_finite({"loss": values["total"]}, ["loss"],
+                              f"training step {step_number} ({self._phase.name} epoch "
+                              f"{self._epoch + 1}, step {step_index + 1})")
+        self._images_seen += (int(self.data.batch_size) if self.distributed
+                              else int(images.shape[0]))
+        self._progbar.update(step_index + 1, list(values.items()))
+        return values
+
+    def epoch_row(self, phase, epoch, global_epoch, sums, count, seconds):
+        row = {"phase": phase.name, "epoch": epoch + 1, "global_epoch": global_epoch + 1,
+               "learning_rate": self._rate, "steps": count,
+               "images_per_second": self._images_seen / seconds if seconds > 0 else 0.0}
+        row.update({f"loss_{name}" if name != "total" else "loss": value / max(count, 1)
+                    for name, value in sums.items()})
+        return row
+
     def should_evaluate(self, epoch_in_phase):
         n = self.evaluate_every_N_epochs
         if self.evaluate_fn is None or n <= 0:
@@ -345,83 +305,7 @@ class Trainer:
         self.last_evaluation = result
         return result
 
-    def fit(self):
-        """Train through every phase, resuming from the latest checkpoint if present.
-
-        Returns the list of per-epoch history rows written during this call.
-        """
-        start_phase, start_epoch = self.restore()
-        if (start_phase, start_epoch) != (0, 0):
-            self._say(f"Resuming from checkpoint: phase {start_phase}, epoch {start_epoch}.")
-        rows = []
-        global_epoch = sum(phase.epochs for phase in self.phases[:start_phase]) + start_epoch
-        for phase_index in range(start_phase, len(self.phases)):
-            phase = self.phases[phase_index]
-            first_epoch = start_epoch if phase_index == start_phase else 0
-            if first_epoch >= phase.epochs:
-                continue
-            snapshot = None
-            if phase.freeze_backbone:
-                # Remember every layer's flag so unfreezing restores layers that are frozen
-                # by design (rather than making everything trainable).
-                snapshot = [(layer, layer.trainable) for layer in iter_layers(self.training_model)]
-                set_trainable_by_prefix(self.training_model, self.models.backbone_prefixes,
-                                        False)
-            train_step = self._make_train_step()
-            trainable = self.training_model.trainable_variables
-            self._say(f"Phase {phase.name}: {phase.epochs} epochs, "
-                      f"{len(trainable)} trainable variables "
-                      f"({sum(int(np.prod(v.shape)) for v in trainable):,} parameters).")
-            for epoch in range(first_epoch, phase.epochs):
-                row = self._run_epoch(train_step, phase, phase_index, epoch, global_epoch)
-                rows.append(row)
-                global_epoch += 1
-            if snapshot is not None:
-                for layer, trainable in snapshot:
-                    layer._trainable = trainable  # noqa: SLF001 (no propagation to children)
-        return rows
-
-    def _run_epoch(self, train_step, phase, phase_index, epoch, global_epoch):
-        rate = self.schedule(epoch)
-        self._set_learning_rates(rate)
-        if self.distributed:
-            dataset = distribute.distribute_batches(
-                self.strategy, lambda: self.data.epoch_dataset(global_epoch),
-                self.cross_modality)
-        else:
-            dataset = self.data.epoch_dataset(global_epoch)
-        steps = self.data.steps_per_epoch
-        progbar = keras.utils.Progbar(steps, verbose=(1 if sys.stdout.isatty() else 2)
-                                      if self.verbose else 0,
-                                      stateful_metrics=None)
-        if self.verbose:
-            print(f"{phase.name} epoch {epoch + 1}/{phase.epochs} (learning rate {rate:.6g})",
-                  flush=True)
-        sums = collections.defaultdict(float)
-        count = 0
-        started = time.time()
-        images_seen = 0
-        for images, labels in dataset:
-            losses = train_step(images, labels)
-            values = {name: float(value) for name, value in losses.items()}
-            step_number = int(self.groups[-1][2].iterations.numpy())
-            if not math.isfinite(values["total"]):
-                raise NonFiniteLossError(
-                    f"Non-finite loss ({values['total']}) at training step {step_number} "
-                    f"({phase.name} epoch {epoch + 1}, step {count + 1}); stopping. The last good "
-                    f"checkpoint in {self.checkpoint_manager.directory} is kept.")
-            for name, value in values.items():
-                sums[name] += value
-            count += 1
-            images_seen += (int(self.data.batch_size) if self.distributed
-                            else int(images.shape[0]))
-            progbar.update(count, [(name, value) for name, value in values.items()])
-        elapsed = time.time() - started
-        row = {"phase": phase.name, "epoch": epoch + 1, "global_epoch": global_epoch + 1,
-               "learning_rate": rate, "steps": count,
-               "images_per_second": images_seen / elapsed if elapsed > 0 else 0.0}
-        row.update({f"loss_{name}" if name != "total" else "loss": value / max(count, 1)
-                    for name, value in sums.items()})
+    def end_epoch(self, phase, epoch, row):
         if self.after_epoch is not None:
             self.after_epoch(self, phase, epoch)
         if self.should_evaluate(epoch):
@@ -429,7 +313,7 @@ class Trainer:
             if metrics:
                 row.update({key: value for key, value in metrics.items()
                             if isinstance(value, (int, float))})
-        final_epoch = phase_index == len(self.phases) - 1 and epoch + 1 == phase.epochs
+        final_epoch = phase is self.phases[-1] and epoch + 1 == phase.epochs
         reset = (self.ema is not None and self.ema_reset_every_N_epochs > 0
                  and (epoch + 1) % self.ema_reset_every_N_epochs == 0 and not final_epoch)
         # CM-NAS pulls the live weights back to the EMA shadow after evaluating; the
@@ -439,7 +323,3 @@ class Trainer:
         # launchers evaluate (cmnas.md §6.6).
         if reset:
             self.ema.copy_shadow_to_model()
-        self._save_checkpoint(phase_index, epoch + 1)
-        self._append_history(row)
-        self._write_summaries(row, global_epoch + 1)
-        return row

@@ -55,246 +55,25 @@ Result
     is retrained from ImageNet with ``solution.py`` (the supernet weights are discarded).
 """
 import os
-import types
 
 import numpy as np
 import tensorflow as tf
 
-from nas.genotypes import AlphaHistory, softmax_rows
-from nas.searcher import VALID_SEED_OFFSET, SearchSpace, register_search_space
+from nas.alpha import SwitchAlphaHistory, plot_switch_history, softmax_rows
+from nas.spaces.base import VALID_SEED_OFFSET, SearchSpace, evaluation_settings
+from nas.spaces.bn_split_data import (describe_part, split_official_val,
+                                      split_per_identity_half, sysu_split_file)
+from nas.spaces.bn_split_optimizer import GroupedWeightOptimizer
 from nas.tcm import EndlessBatches
+from reid_tf.models.switchable_bn import MODE_MIXED
+from reid_tf.runtime.choices import CROSS_MODALITY_PROTOCOLS
 
 BACKBONES = ("cmnas_resnet50", "msinet")
 DATA_SPLITS = ("per_identity_half", "official_val")
-CROSS_MODALITY_PROTOCOLS = ("sysu_mm01", "regdb")
-MODE_MIXED = 0
-# Weight optimiser of CM-NAS (cmnas.md §8.1).
-WEIGHT_BETA_1 = 0.5
-WEIGHT_BETA_2 = 0.999
-WEIGHT_EPSILON = 1e-8
 # The reference's mid-training SYSU-MM01 test uses gallery trial 0 only (cmnas.md §8.4).
 EVALUATION_TRIALS = 1
 
 
-# --------------------------------------------------------------------------------------------
-# Data split
-# --------------------------------------------------------------------------------------------
-def split_per_identity_half(train_dataframe, seed=0, source="training set"):
-    """Split training rows per identity and modality into ``(D_w, D_alpha)``.
-
-    For every (identity, modality) group, in ascending identity order and ``infrared`` before
-    ``visible``, a permutation drawn from ``numpy.random.default_rng(seed)`` (one generator for
-    all groups) sends its first ``ceil(n / 2)`` rows to ``D_w`` and the remaining
-    ``floor(n / 2)`` to ``D_alpha``. Identities with fewer than 2 rows in either modality go
-    to ``D_w`` whole (they could not be in both parts). Both tables keep the input's row order
-    and its index is reset.
-
-    Raises ValueError (naming ``source``) for a table without ``identity_ID``/``modality``
-    columns or when no identity can be halved.
-    """
-    for column in ("identity_ID", "modality"):
-        if column not in getattr(train_dataframe, "columns", ()):
-            raise ValueError(f"{source}: the bn_split data split needs a table with a "
-                             f"{column} column.")
-    table = train_dataframe.reset_index(drop=True)
-    identities = table["identity_ID"].to_numpy()
-    modalities = table["modality"].astype(str).to_numpy()
-    counts = table.groupby(["identity_ID", "modality"]).size()
-    halvable = set()
-    for identity in np.unique(identities):
-        sizes = [int(counts.get((identity, modality), 0)) for modality in ("infrared", "visible")]
-        if min(sizes) >= 2:
-            halvable.add(identity)
-    if not halvable:
-        raise ValueError(f"{source}: no identity has at least 2 visible and 2 infrared training "
-                         "images, so none can be split in halves (--bn_split_data_split="
-                         "per_identity_half).")
-    generator = np.random.default_rng(seed)
-    to_alpha = np.zeros(len(table), dtype=bool)
-    for identity in sorted(halvable):
-        for modality in ("infrared", "visible"):
-            rows = np.flatnonzero((identities == identity) & (modalities == modality))
-            order = rows[generator.permutation(len(rows))]
-            to_alpha[order[(len(rows) + 1) // 2:]] = True
-    return (table[~to_alpha].reset_index(drop=True), table[to_alpha].reset_index(drop=True))
-
-
-def sysu_split_file(train_dataframe, name="val"):
-    """Path of SYSU-MM01's ``exp/<name>_id.txt`` for a table read by the SYSU-MM01 loader
-    (image paths ``<root>/SYSU-MM01/cam<K>/<id>/<file>``)."""
-    first = str(train_dataframe["image_file_path"].iloc[0])
-    dataset_folder = os.path.dirname(os.path.dirname(os.path.dirname(first)))
-    return os.path.join(dataset_folder, "exp", f"{name}_id.txt")
-
-
-def split_official_val(train_dataframe, val_identities, source="training set"):
-    """``(D_w, D_alpha)``: the rows of identities not in ``val_identities`` and those in it."""
-    table = train_dataframe.reset_index(drop=True)
-    in_val = table["identity_ID"].isin([int(value) for value in val_identities]).to_numpy()
-    if not in_val.any() or in_val.all():
-        raise ValueError(f"{source}: the official validation identities select "
-                         f"{int(in_val.sum())} of {len(table)} training images; both parts "
-                         "must be non-empty (--bn_split_data_split=official_val).")
-    return table[~in_val].reset_index(drop=True), table[in_val].reset_index(drop=True)
-
-
-def _describe_part(name, table):
-    visible = int((table["modality"] == "visible").sum())
-    return (f"{name}: {len(table)} images ({visible} visible, {len(table) - visible} infrared) "
-            f"of {table['identity_ID'].nunique()} identities")
-
-
-# --------------------------------------------------------------------------------------------
-# Weight optimiser: CM-NAS's two learning-rate groups as one object
-# --------------------------------------------------------------------------------------------
-class _Untracked:
-    """Holds an object that checkpoints must not track through this one."""
-
-    def __init__(self, item):
-        self.item = item
-
-
-class GroupedWeightOptimizer(tf.Module):
-    """CM-NAS's weight optimiser (cmnas.md §8.1) behind the single-optimiser interface of the
-    searcher: one :class:`reid_tf.training.optimizers.TorchAdam` per group, the backbone's at
-    ``backbone_multiplier`` × the learning rate, the head's at the learning rate.
-
-    Args:
-      backbone_variables, head_variables: the two groups (disjoint).
-      learning_rate: the head (base) learning rate.
-      backbone_multiplier: backbone learning rate / base learning rate (0.1).
-      weight_decay: coupled L2 weight decay of both groups.
-      ema: optional :class:`reid_tf.training.ema.WeightEMA`, updated after every step.
-
-    ``learning_rate`` reads the base rate (a variable, so traced steps see changes) and
-    setting it sets both groups; ``apply_gradients(pairs)`` steps each group on its pairs (a
-    variable of neither group is an error); ``weight_decay_l2`` is the decay (read by the
-    unrolled architecture step). Both Adam states are tracked for checkpoints.
-    """
-
-    def __init__(self, backbone_variables, head_variables, learning_rate, backbone_multiplier,
-                 weight_decay, ema=None, beta_1=WEIGHT_BETA_1, beta_2=WEIGHT_BETA_2,
-                 epsilon=WEIGHT_EPSILON):
-        super().__init__(name="grouped_weight_optimizer")
-        from reid_tf.training.optimizers import TorchAdam
-
-        self.backbone_multiplier = float(backbone_multiplier)
-        self.weight_decay_l2 = float(weight_decay)
-        self._backbone_ids = frozenset(id(variable) for variable in backbone_variables)
-        self._head_ids = frozenset(id(variable) for variable in head_variables)
-        if self._backbone_ids & self._head_ids:
-            raise ValueError("GroupedWeightOptimizer: a variable is in both groups.")
-        self._rate = tf.Variable(float(learning_rate), trainable=False, dtype=tf.float32,
-                                 name="base_learning_rate")
-        options = dict(beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
-                       weight_decay_l2=self.weight_decay_l2)
-        self.backbone_optimizer = TorchAdam(
-            learning_rate=float(learning_rate) * self.backbone_multiplier, name="backbone_adam",
-            **options)
-        self.head_optimizer = TorchAdam(learning_rate=float(learning_rate), name="head_adam",
-                                        **options)
-        self._ema = _Untracked(ema)
-
-    @property
-    def learning_rate(self):
-        return self._rate
-
-    @learning_rate.setter
-    def learning_rate(self, value):
-        value = float(value)
-        self._rate.assign(value)
-        self.backbone_optimizer.learning_rate = value * self.backbone_multiplier
-        self.head_optimizer.learning_rate = value
-
-    def _partition(self, variables_or_pairs, key):
-        backbone, head = [], []
-        for item in variables_or_pairs:
-            variable = key(item)
-            if id(variable) in self._backbone_ids:
-                backbone.append(item)
-            elif id(variable) in self._head_ids:
-                head.append(item)
-            else:
-                raise ValueError(f"GroupedWeightOptimizer: {variable.name} is in neither the "
-                                 "backbone nor the head group.")
-        return backbone, head
-
-    def build(self, variables):
-        """Build both Adam states on their groups' members of ``variables``."""
-        backbone, head = self._partition(variables, lambda variable: variable)
-        self.backbone_optimizer.build(backbone)
-        self.head_optimizer.build(head)
-
-    def apply_gradients(self, pairs):
-        """One Adam step per group on its ``(gradient, variable)`` pairs, then the EMA."""
-        backbone, head = self._partition(list(pairs), lambda pair: pair[1])
-        if backbone:
-            self.backbone_optimizer.apply_gradients(backbone)
-        if head:
-            self.head_optimizer.apply_gradients(head)
-        if self._ema.item is not None:
-            self._ema.item.update()
-
-    @property
-    def variables(self):
-        """Both optimisers' state variables (backbone first)."""
-        return list(self.backbone_optimizer.variables) + list(self.head_optimizer.variables)
-
-
-# --------------------------------------------------------------------------------------------
-# History of the architecture weights
-# --------------------------------------------------------------------------------------------
-class SwitchAlphaHistory(AlphaHistory):
-    """α of the mixed BNs per logged epoch in an ``.npz`` file: ``epochs (T,)``,
-    ``alpha (T, L, 2)``, ``weights (T, L, 2)`` (softmax, columns split/share) and
-    ``layers (L,)`` (layer names in config order). Logging an epoch again replaces it."""
-
-    def __init__(self, file_path, layer_names):
-        self.layer_names = [str(name) for name in layer_names]
-        super().__init__(file_path, shape=(len(self.layer_names), 2),
-                         meaning="one (split, share) row per switchable BN",
-                         labels={"layers": self.layer_names})
-
-
-def plot_switch_history(history, file_path, title="π_share of every switchable BN"):
-    """Heatmap of ``π_share`` (0: split, 1: share; rows: layers in config order, columns:
-    logged epochs). Returns ``file_path``, or ``None`` for an empty history."""
-    arrays = history.arrays() if isinstance(history, AlphaHistory) else history
-    weights, epochs = np.asarray(arrays["weights"]), np.asarray(arrays["epochs"])
-    if len(epochs) == 0:
-        return None
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    share = weights[:, :, 1].T  # (layers, epochs)
-    layers = [str(name) for name in arrays["layers"]]
-    width, height = max(6.0, 0.25 * len(epochs) + 4.0), max(4.0, 0.16 * len(layers) + 1.5)
-    figure, axis = plt.subplots(figsize=(width, height), dpi=100)
-    # Fixed margins (tight_layout costs more than the drawing): room for the layer names.
-    figure.subplots_adjust(left=2.2 / width, right=0.9, bottom=0.7 / height,
-                           top=1.0 - 0.4 / height)
-    image = axis.imshow(share, aspect="auto", interpolation="nearest", cmap="coolwarm",
-                        vmin=0.0, vmax=1.0)
-    axis.set_yticks(np.arange(len(layers)))
-    axis.set_yticklabels([f"{index} {name}" for index, name in enumerate(layers)], fontsize=5)
-    tick_step = max(1, len(epochs) // 20)
-    ticks = np.arange(0, len(epochs), tick_step)
-    axis.set_xticks(ticks)
-    axis.set_xticklabels([str(int(epochs[i])) for i in ticks], fontsize=7)
-    axis.set_xlabel("completed epochs")
-    axis.set_title(title)
-    colorbar = figure.colorbar(image, ax=axis, fraction=0.03, pad=0.02)
-    colorbar.set_label("π_share (above 0.5: share, else split)")
-    os.makedirs(os.path.dirname(os.path.abspath(file_path)), exist_ok=True)
-    figure.savefig(file_path)
-    plt.close(figure)
-    return file_path
-
-
-# --------------------------------------------------------------------------------------------
-# The search space
-# --------------------------------------------------------------------------------------------
 def bn_split_objective(images_per_identity):
     """The objective of both levels: CM-NAS's ``CE + tri + 5 SP + 0.05 CMMD`` (cmnas.md §6)
     as :class:`reid_tf.losses.objective.Objective` computes it for ``solution.py`` (four-term
@@ -396,35 +175,43 @@ class BnSplitSearchSpace(SearchSpace):
             seed=arch_seed, workers=config.workers, cache_images=config.cache_images)
 
     # ------------------------------------------------------------------ network
-    def _build_model(self, config, input_shape):
-        from reid_tf.models import cmnas, msinet
-        from reid_tf.models.cmnas_config import ALL_SPLIT
+    def _build_supernet(self, config, input_shape, num_classes):
+        """``(models, network module)``: the supernet of ``--bn_split_backbone`` (every BN
+        mixed; the config only gives the fallback switches) and the module of its
+        switchable-BN contract (``switchable_bn_layers``, ``variable_groups``, ...)."""
+        from reid_tf.models.factory import evaluation_outputs
 
-        num_classes = len(self.weight_label_map)
+        self.feature_index, self.secondary_features = evaluation_outputs(
+            config.bn_split_backbone)
         if config.bn_split_backbone == "cmnas_resnet50":
-            self.models = cmnas.build_cmnas_models(ALL_SPLIT, num_classes,
-                                                   input_shape=input_shape, mixed=True)
+            from reid_tf.models import cmnas
+            from reid_tf.models.cmnas_config import ALL_SPLIT
+            models = cmnas.build_cmnas_models(ALL_SPLIT, num_classes, input_shape=input_shape,
+                                              mixed=True)
             if config.bn_split_backbone_weights_file_path:
-                cmnas.load_imagenet_weights(self.models.training_model,
-                                            config.bn_split_backbone_weights_file_path)
-            groups = cmnas.cmnas_variable_groups(self.models)
-            self.switchable_layers = cmnas.switchable_bn_layers(self.models)
-            self.feature_index, self.secondary_features = 1, {"pre_bnneck": 0}
-        elif config.bn_split_backbone == "msinet":
+                from reid_tf.models.cmnas_imagenet import load_imagenet_weights
+                load_imagenet_weights(models.training_model,
+                                      config.bn_split_backbone_weights_file_path)
+            return models, cmnas
+        if config.bn_split_backbone == "msinet":
             if config.bn_split_backbone_weights_file_path:
                 raise ValueError("--bn_split_backbone_weights_file_path is for cmnas_resnet50 "
                                  "(ImageNet ResNet-50); the msinet supernet starts from its "
                                  "random initialisation.")
-            fallback = [0] * msinet.num_batch_norms()
-            self.models = msinet.build_msinet_models(config.bn_split_genotype, num_classes,
-                                                     input_shape=input_shape,
-                                                     bn_config=fallback, mixed=True)
-            groups = msinet.switchable_variable_groups(self.models)
-            self.switchable_layers = msinet.switchable_batch_norm_layers(self.models)
-            self.feature_index, self.secondary_features = None, {}
-        else:
-            raise ValueError(f"--bn_split_backbone={config.bn_split_backbone!r}: expected one "
-                             f"of {', '.join(BACKBONES)}.")
+            from reid_tf.models import msinet_switchable
+            from reid_tf.models.msinet import num_batch_norms
+            models = msinet_switchable.build_switchable_msinet_models(
+                config.bn_split_genotype, num_classes, [0] * num_batch_norms(),
+                input_shape=input_shape, mixed=True)
+            return models, msinet_switchable
+        raise ValueError(f"--bn_split_backbone={config.bn_split_backbone!r}: expected one "
+                         f"of {', '.join(BACKBONES)}.")
+
+    def _build_model(self, config, input_shape):
+        self.models, network = self._build_supernet(config, input_shape,
+                                                    len(self.weight_label_map))
+        groups = network.variable_groups(self.models)
+        self.switchable_layers = network.switchable_bn_layers(self.models)
         self.weights_model = self.models.training_model
         self.groups = groups
         if len(groups.architecture) != len(self.switchable_layers) or groups.frozen:
@@ -449,8 +236,8 @@ class BnSplitSearchSpace(SearchSpace):
     def summary(self):
         return (f"Supernet {self.config.bn_split_backbone}: {len(self.switchable_layers)} mixed "
                 f"BN layers; data split {self.config.bn_split_data_split}: "
-                f"{_describe_part('D_w', self.weight_part)}; "
-                f"{_describe_part('D_alpha', self.arch_part)}; weights-only epochs "
+                f"{describe_part('D_w', self.weight_part)}; "
+                f"{describe_part('D_alpha', self.arch_part)}; weights-only epochs "
                 f"{self.weights_only_epochs}.")
 
     # ------------------------------------------------------------------ interface
@@ -541,26 +328,19 @@ class BnSplitSearchSpace(SearchSpace):
         return outputs
 
     def evaluate(self, dataframe, folder, tag):
-        """The supernet under the dataset's cross-modality protocol (reid_tf.training.run's
-        :class:`DatasetEvaluator`: mode 1/2 by modality, L2-normalised cosine features;
-        SYSU-MM01 gallery trial 0, RegDB both directions); writes into ``folder``."""
-        from reid_tf.training.run import DatasetEvaluator
+        """The supernet under the dataset's cross-modality protocol
+        (:class:`~reid_tf.evaluation.dataset_evaluator.DatasetEvaluator`: mode 1/2 by
+        modality, L2-normalised cosine features; SYSU-MM01 gallery trial 0, RegDB both
+        directions); writes into ``folder``."""
+        from reid_tf.evaluation.dataset_evaluator import DatasetEvaluator
 
         config = self.config
         if self._evaluator is None:
-            options = dict(config.dataset_options)
-            values = types.SimpleNamespace(
-                distance_metric="cosine", feature_normalization=True, use_re_ranking=False,
-                evaluation_trial_num=EVALUATION_TRIALS, sysu_shot=int(options.get("shot", 1)),
-                seed=config.seed, test_batch_size=config.test_batch_size,
-                identity_num_per_batch=config.identity_num_per_batch,
-                image_num_per_identity=config.image_num_per_identity,
-                image_height=config.image_height, image_width=config.image_width,
-                use_horizontal_flipping_in_evaluation=False, save_data_to_disk=False)
+            shot = int(dict(config.dataset_options).get("shot", 1))
+            settings = evaluation_settings(config, metric="cosine", normalize=True,
+                                           trial_num=EVALUATION_TRIALS, sysu_shot=shot)
             self._evaluator = DatasetEvaluator(
-                values, config.dataset_name, config.root_folder_path, dataframe, folder,
+                settings, config.dataset_name, config.root_folder_path, dataframe, folder,
                 feature_index=self.feature_index, secondary_features=self.secondary_features)
         return self._evaluator(self.models.inference_model, tag)
 
-
-register_search_space("bn_split", BnSplitSearchSpace)

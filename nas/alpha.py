@@ -1,4 +1,4 @@
-"""Genotypes of the MSI search space: derivation from α, JSON files, α history and its heatmap.
+"""The architecture weights α: derivation of the MSI genotype, JSON files, α history and heatmaps.
 
 * :func:`derive_genotype` — ``argmax`` of every row of α (the first index wins a tie, as
   ``torch.argmax``/``numpy.argmax``) → ``PRIMITIVES[index]`` (msinet.md §5);
@@ -9,7 +9,9 @@
   ``alpha_history.npz`` (arrays ``epochs (T,)``, ``alpha (T, 12, 4)``, ``weights (T, 12, 4)``,
   ``primitives (4,)``);
 * :func:`plot_alpha_history` — a heatmap PNG (matplotlib Agg) of ``softmax(α)`` over the logged
-  epochs: one line per (interaction point, operation), 48 lines.
+  epochs: one line per (interaction point, operation), 48 lines;
+* :class:`SwitchAlphaHistory` and :func:`plot_switch_history` — the same for the BN-split
+  search (one ``(split, share)`` row per switchable BN; the heatmap of ``π_share``).
 """
 import os
 
@@ -158,6 +160,54 @@ def plot_alpha_history(history, file_path, title="softmax(α) during the search"
     axis.set_title(title)
     figure.colorbar(image, ax=axis, fraction=0.03, pad=0.02)
     figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(file_path)), exist_ok=True)
+    figure.savefig(file_path)
+    plt.close(figure)
+    return file_path
+
+
+class SwitchAlphaHistory(AlphaHistory):
+    """α of the mixed BNs per logged epoch in an ``.npz`` file: ``epochs (T,)``,
+    ``alpha (T, L, 2)``, ``weights (T, L, 2)`` (softmax, columns split/share) and
+    ``layers (L,)`` (layer names in config order). Logging an epoch again replaces it."""
+
+    def __init__(self, file_path, layer_names):
+        self.layer_names = [str(name) for name in layer_names]
+        super().__init__(file_path, shape=(len(self.layer_names), 2),
+                         meaning="one (split, share) row per switchable BN",
+                         labels={"layers": self.layer_names})
+
+
+def plot_switch_history(history, file_path, title="π_share of every switchable BN"):
+    """Heatmap of ``π_share`` (0: split, 1: share; rows: layers in config order, columns:
+    logged epochs). Returns ``file_path``, or ``None`` for an empty history."""
+    arrays = history.arrays() if isinstance(history, AlphaHistory) else history
+    weights, epochs = np.asarray(arrays["weights"]), np.asarray(arrays["epochs"])
+    if len(epochs) == 0:
+        return None
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    share = weights[:, :, 1].T  # (layers, epochs)
+    layers = [str(name) for name in arrays["layers"]]
+    width, height = max(6.0, 0.25 * len(epochs) + 4.0), max(4.0, 0.16 * len(layers) + 1.5)
+    figure, axis = plt.subplots(figsize=(width, height), dpi=100)
+    # Fixed margins (tight_layout costs more than the drawing): room for the layer names.
+    figure.subplots_adjust(left=2.2 / width, right=0.9, bottom=0.7 / height,
+                           top=1.0 - 0.4 / height)
+    image = axis.imshow(share, aspect="auto", interpolation="nearest", cmap="coolwarm",
+                        vmin=0.0, vmax=1.0)
+    axis.set_yticks(np.arange(len(layers)))
+    axis.set_yticklabels([f"{index} {name}" for index, name in enumerate(layers)], fontsize=5)
+    tick_step = max(1, len(epochs) // 20)
+    ticks = np.arange(0, len(epochs), tick_step)
+    axis.set_xticks(ticks)
+    axis.set_xticklabels([str(int(epochs[i])) for i in ticks], fontsize=7)
+    axis.set_xlabel("completed epochs")
+    axis.set_title(title)
+    colorbar = figure.colorbar(image, ax=axis, fraction=0.03, pad=0.02)
+    colorbar.set_label("π_share (above 0.5: share, else split)")
     os.makedirs(os.path.dirname(os.path.abspath(file_path)), exist_ok=True)
     figure.savefig(file_path)
     plt.close(figure)

@@ -1,0 +1,244 @@
+"""What ``solution.py`` runs: load the data, build the model, train, evaluate, export.
+
+The run folder is ``<output_folder_path>/<dataset_name>_<backbone_model_name>``. Unlike the
+reference (which deletes it at start-up), it is kept so that running the same command again
+resumes from its checkpoint; ``--overwrite_output_folder`` starts afresh.
+
+Files written there: ``checkpoint/`` (resumable state), ``training_model.h5`` and
+``inference_model.h5`` (weights), ``evaluation.json`` (the last evaluation: ``rank1``,
+``rank5``, ``rank10``, ``mAP``, ``mINP`` as fractions; RegDB adds ``reverse_direction``,
+CM-NAS adds ``pre_bnneck`` with the same metrics for the pre-BNNeck features),
+``cmc_curve.png``, ``rank_list.png``,
+``history.csv`` (+ one PNG per column), ``tensorboard/``, ``test.npz`` with
+``--save_data_to_disk`` and the exports of ``--export_formats``.
+
+``--strategy`` (:mod:`reid_tf.runtime.distribute`) is created first (a multi-worker strategy
+must exist before TensorFlow runs anything); the models, optimisers and EMA are built in its
+scope. On a multi-worker run every worker runs the whole job, but only the chief writes the run
+folder: the others write into a temporary folder that is removed at the end.
+
+This is an entry point: it turns the flag values into the library's settings
+(:mod:`reid_tf.cli.settings`) and nothing below it sees the flags.
+"""
+import json
+import os
+import sys
+
+import tensorflow as tf
+
+from reid_tf.cli import settings as cli_settings
+from reid_tf.data import dataset_protocol, load_dataset
+from reid_tf.evaluation.dataset_evaluator import DatasetEvaluator
+from reid_tf.flags import validate_flags
+from reid_tf.models.factory import build_models, evaluation_outputs
+from reid_tf.runtime import distribute, environment
+from reid_tf.runtime.choices import CROSS_MODALITY_PROTOCOLS
+from reid_tf.training.engine import RunFolder
+
+
+def print_flags(values):
+    """Print the command line and every flag, sorted by name (as the reference does)."""
+    print("Getting hyperparameters ...")
+    print("Using command {}".format(" ".join(sys.argv)))
+    flag_values = values.flag_values_dict()
+    for name in sorted(flag_values):
+        print(f"{name} {flag_values[name]}")
+
+
+def run_folder_path(values):
+    return os.path.abspath(os.path.join(os.path.expanduser(values.output_folder_path),
+                                        f"{values.dataset_name}_{values.backbone_model_name}"))
+
+
+def load_pretrained_weights(weight_targets, file_path):
+    """Load ``.h5`` weights into the first of ``weight_targets`` (models sharing their layers:
+    training model, plain training model, inference model) whose layout fits the file."""
+    file_path = os.path.expanduser(file_path)
+    if not os.path.isfile(file_path):
+        raise FileNotFoundError(f"--pretrained_model_file_path: no such file {file_path}.")
+    errors = []
+    for model in weight_targets:
+        try:
+            model.load_weights(file_path)
+            print(f"Loaded weights from {file_path} into {model.name}.")
+            return model.name
+        except (ValueError, KeyError, OSError) as error:
+            errors.append(f"{model.name}: {error}")
+    raise ValueError(f"--pretrained_model_file_path={file_path} does not fit this model "
+                     f"({weight_targets[0].name}): " + " | ".join(errors))
+
+
+def save_weights(models, weight_targets, run_folder):
+    """``training_model.h5`` in the family's plain training-model layout (the same with and
+    without the flip structure, which adds no weights) and ``inference_model.h5``."""
+    weight_targets[-2].save_weights(os.path.join(run_folder, "training_model.h5"))
+    models.inference_model.save_weights(os.path.join(run_folder, "inference_model.h5"))
+
+
+def export_models(models, run_folder, formats, weights_saved=True):
+    """Write the ``--export_formats`` of the inference model into ``run_folder``
+    (:mod:`reid_tf.export`); ``h5`` only when the weights were not saved already (after
+    training :func:`save_weights` wrote ``inference_model.h5``; ``--evaluation_only`` did
+    not)."""
+    from reid_tf import export
+    for name in [part for part in formats.split(",") if part]:
+        if name == "h5" and weights_saved:
+            continue
+        path = export.export_inference_model(models.inference_model, run_folder, name)
+        print(f"Exported the inference model as {name}: {path}")
+
+
+def run(values):
+    """Run ``solution.py`` with the parsed absl flag values."""
+    validate_flags(values)
+    strategy = distribute.create_strategy(values.strategy)
+    distribute.check_identities_per_replica(values.identity_num_per_batch, strategy)
+    print_flags(values)
+    print(distribute.describe(strategy), flush=True)
+    folder = RunFolder(run_folder_path(values), strategy,
+                       overwrite=values.overwrite_output_folder)
+    print(f"Run folder: {folder.chief}")
+    environment.configure(values.seed, values.deterministic, values.mixed_precision)
+    try:
+        return _run(values, strategy, folder)
+    finally:
+        folder.close()
+
+
+def _evaluator(values, dataset_name, root_folder_path, dataframe, output_folder, protocol,
+               testing_size=1.0, main_dataset=True):
+    feature_index, secondary = evaluation_outputs(values.backbone_model_name)
+    return DatasetEvaluator(
+        cli_settings.evaluation_settings(values), dataset_name, root_folder_path, dataframe,
+        output_folder, feature_index, testing_size, secondary_features=secondary,
+        loader_options=cli_settings.loader_options(values, protocol, main_dataset))
+
+
+def _mixed_batch_inputs(images):
+    return [images, tf.constant(0, tf.int32)]
+
+
+def _trainer(values, models, data, evaluator, folder, strategy):
+    """The :class:`~reid_tf.training.trainer.Trainer` of the flags."""
+    from reid_tf.losses.objective import Objective
+    from reid_tf.training import trainer as trainer_module
+    from reid_tf.training.optimizers import build_optimizer
+    from reid_tf.training.schedules import LearningRateSchedule, parse_milestones
+
+    schedule = LearningRateSchedule(
+        mode=values.learning_rate_mode, start=values.learning_rate_start,
+        end=values.learning_rate_end, base=values.learning_rate_base,
+        warmup_epochs=values.learning_rate_warmup_epochs,
+        steady_epochs=values.learning_rate_steady_epochs,
+        drop_factor=values.learning_rate_drop_factor,
+        lower_bound=values.learning_rate_lower_bound, epoch_num=values.epoch_num,
+        milestones=parse_milestones(values.learning_rate_milestones),
+        warmup_factor=values.learning_rate_warmup_factor, gamma=values.learning_rate_gamma)
+    epsilon = None if values.adam_epsilon < 0 else values.adam_epsilon
+
+    def optimizer_factory(group_name):
+        return build_optimizer(values.optimizer_name, schedule(0), momentum=values.momentum,
+                               weight_decay=values.weight_decay, beta_1=values.adam_beta_1,
+                               beta_2=values.adam_beta_2, epsilon=epsilon)
+
+    ema = None
+    if values.ema_decay > 0:
+        from reid_tf.training.ema import WeightEMA
+        with strategy.scope():
+            ema = WeightEMA(models.training_model, decay=values.ema_decay)
+
+    # CM-NAS and the switchable MSINet take [images, mode]; training batches are mixed (0).
+    training_inputs = _mixed_batch_inputs if len(models.training_model.inputs) > 1 else None
+    objective = Objective(cli_settings.objective_config(values, data.cross_modality))
+    return trainer_module.Trainer(
+        models=models, objective=objective, data=data, schedule=schedule,
+        optimizer_factory=optimizer_factory, output_folder=folder.path,
+        epoch_num=values.epoch_num,
+        freeze_backbone_for_N_epochs=values.freeze_backbone_for_N_epochs,
+        evaluate_every_N_epochs=(values.evaluate_testing_every_N_epochs
+                                 if evaluator is not None else 0),
+        evaluate=evaluator,
+        backbone_learning_rate_multiplier=values.backbone_learning_rate_multiplier,
+        ema=ema, ema_reset_every_N_epochs=values.ema_reset_every_N_epochs,
+        training_inputs=training_inputs, jit_compile=values.jit_compile, strategy=strategy,
+        # A fresh start (--overwrite_output_folder) resumes from nothing on every worker.
+        restore_folder=folder.restore_path)
+
+
+def _run(values, strategy, folder):
+    """:func:`run` after the strategy and the folders are set up."""
+    run_folder = folder.path
+    protocol = dataset_protocol(values.dataset_name)
+    dataframe = load_dataset(values.dataset_name, values.root_folder_path,
+                             **cli_settings.loader_options(values, protocol))
+    train = dataframe[dataframe["split"] == "train"].reset_index(drop=True)
+    cross_modality = protocol in CROSS_MODALITY_PROTOCOLS
+    from reid_tf.data.pipeline import make_label_map
+    label_map = make_label_map(train)
+    print(f"{values.dataset_name}: {len(train)} training images of {len(label_map)} identities, "
+          f"{int((dataframe['split'] == 'query').sum())} query and "
+          f"{int((dataframe['split'] == 'gallery').sum())} gallery images.")
+
+    models, _, weight_targets = build_models(cli_settings.model_settings(values),
+                                             len(label_map), cross_modality=cross_modality,
+                                             strategy=strategy)
+    if values.pretrained_model_file_path:
+        load_pretrained_weights(weight_targets, values.pretrained_model_file_path)
+
+    evaluator = None
+    if values.testing_size != 0:
+        evaluator = _evaluator(values, values.dataset_name, values.root_folder_path, dataframe,
+                               run_folder, protocol, values.testing_size)
+
+    results = {}
+    if values.evaluation_only:
+        results["evaluation"] = evaluator(models.inference_model, "evaluation")
+        export_models(models, run_folder, values.export_formats, weights_saved=False)
+        print("All done!")
+        return results
+
+    if values.evaluate_before_training and evaluator is not None:
+        results["untrained"] = evaluator(models.inference_model, "untrained", write=False)
+
+    from reid_tf.training.data import TrainingInput
+    augmentation = cli_settings.augmentation_settings(
+        values, cross_domain=bool(values.target_dataset_name)).build()
+    data = TrainingInput(
+        train, values.identity_num_per_batch, values.image_num_per_identity,
+        values.steps_per_epoch, values.image_height, values.image_width, augmentation,
+        seed=values.seed, policy=values.sampler_policy, cross_modality=cross_modality,
+        label_map=label_map, workers=values.workers, cache_images=values.cache_images)
+    trainer = _trainer(values, models, data, evaluator, folder, strategy)
+    trainer.fit()
+    trainer.close()
+    save_weights(models, weight_targets, run_folder)
+    if os.path.exists(trainer.history_path):
+        from reid_tf.visualization import plot_history
+        plot_history(trainer.history_path, os.path.join(run_folder, "history"))
+    if evaluator is not None:
+        results["trained"] = trainer.last_evaluation or evaluator(models.inference_model, "trained")
+    if values.target_dataset_name:
+        target_root = values.target_root_folder_path or values.root_folder_path
+        target_protocol = dataset_protocol(values.target_dataset_name)
+        target_frame = load_dataset(values.target_dataset_name, target_root,
+                                    **cli_settings.loader_options(values, target_protocol,
+                                                                  False))
+        target_evaluator = _evaluator(values, values.target_dataset_name, target_root,
+                                      target_frame, os.path.join(run_folder, "target"),
+                                      target_protocol, main_dataset=False)
+        results["target"] = target_evaluator(models.inference_model, "target")
+    export_models(models, run_folder, values.export_formats)
+    if "untrained" in results and "trained" in results:
+        print_comparison(results["untrained"], results["trained"])
+    with open(os.path.join(run_folder, "results.json"), "w") as handle:
+        json.dump(results, handle, indent=2, default=float)
+    print("All done!")
+    return results
+
+
+def print_comparison(untrained, trained):
+    print("\n               rank-1   rank-5  rank-10      mAP")
+    for name, summary in (("untrained", untrained), ("trained", trained)):
+        print(f"{name:>12}  " + "  ".join(f"{100 * summary.get(key, float('nan')):6.2f}%"
+                                          for key in ("rank1", "rank5", "rank10", "mAP")))
+    print(flush=True)

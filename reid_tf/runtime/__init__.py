@@ -1,0 +1,10 @@
+"""The ground floor: infrastructure every layer may use and that imports no other part of
+reid-tf.
+
+* :mod:`~reid_tf.runtime.distribute` — ``tf.distribute`` strategies (``--strategy``), per-replica
+  batches, all-gathers and cross-replica moments, chief/worker output folders;
+* :mod:`~reid_tf.runtime.environment` — seeds, op determinism and the mixed-precision policy of
+  a run;
+* :mod:`~reid_tf.runtime.checkpoints` — reading PyTorch/numpy state dicts and assigning their
+  tensors to Keras variables with a report.
+"""
