@@ -30,6 +30,7 @@ run: $(VENV)/.installed
 	$(PY) -u solution.py
 
 test: $(VENV)/.installed-test
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q --durations=20 $(PYTEST_ARGS)
 
 benchmarks: $(VENV)/.installed
