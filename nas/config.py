@@ -89,7 +89,7 @@ class SearchConfig:
     save_genotype_to: str = ""
     verbose: int = 1
     mixed_precision: str = ""
-    # bn_split only (nas.bn_split)
+    # bn_split only (nas.spaces.bn_split)
     bn_split_backbone: str = "cmnas_resnet50"
     bn_split_data_split: str = "per_identity_half"
     bn_split_warmup_epochs: int = 10

@@ -92,7 +92,7 @@ def converted(tmp_path_factory):
     flags = types.SimpleNamespace(cmnas_config_file_path=str(config_file), num_classes=0,
                                   image_height=256, image_width=128)
     output = folder / "cmnas.h5"
-    report = convert(load_state_dict(str(checkpoint)), str(output), flags=flags)
+    report = convert(load_state_dict(str(checkpoint)), str(output), **vars(flags))
     return types.SimpleNamespace(model_sd=model_sd, ema_sd=ema_sd, checkpoint=str(checkpoint),
                                  report=report, output=str(output), flags=flags)
 
@@ -176,15 +176,15 @@ def test_conversion_errors(converted, tmp_path):
     flags = types.SimpleNamespace(**vars(converted.flags))
     flags.cmnas_config_file_path = None
     with pytest.raises(ConversionError, match="--cmnas_config_file_path"):
-        convert(state_dict, str(tmp_path / "x.h5"), flags=flags)
+        convert(state_dict, str(tmp_path / "x.h5"), **vars(flags))
     flags.cmnas_config_file_path = str(tmp_path / "absent.cfg")
     with pytest.raises(ConversionError, match="absent.cfg"):
-        convert(state_dict, str(tmp_path / "x.h5"), flags=flags)
+        convert(state_dict, str(tmp_path / "x.h5"), **vars(flags))
     flags = types.SimpleNamespace(**vars(converted.flags))
     broken = dict(state_dict)
     broken["bnneck.bias"] = np.full(2048, 0.5, np.float32)
     with pytest.raises(ConversionError, match="bnneck.bias must be all zeros"):
-        convert(broken, str(tmp_path / "x.h5"), flags=flags)
+        convert(broken, str(tmp_path / "x.h5"), **vars(flags))
     no_classifier = {k: v for k, v in state_dict.items() if k != "classifier.weight"}
     with pytest.raises(ConversionError, match="--num_classes"):
-        convert(no_classifier, str(tmp_path / "x.h5"), flags=flags)
+        convert(no_classifier, str(tmp_path / "x.h5"), **vars(flags))

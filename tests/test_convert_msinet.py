@@ -231,7 +231,7 @@ def converted(reference, tmp_path_factory):
     output = str(tmp_path_factory.mktemp("converted") / "msinet.h5")
     flags = types.SimpleNamespace(genotype_file_path=GENOTYPE_FILE, num_classes=0,
                                   image_height=HEIGHT, image_width=WIDTH, sam=True)
-    report = convert(load_state_dict(path), output, flags=flags)
+    report = convert(load_state_dict(path), output, **vars(flags))
     return report, output
 
 

@@ -34,7 +34,8 @@ def main(argv):
     module = importlib.import_module(ARCHITECTURES[FLAGS.architecture])
     try:
         state_dict = load_state_dict(FLAGS.source_file_path, state_dict_key=FLAGS.state_dict_key)
-        report = module.convert(state_dict, FLAGS.output_file_path, flags=FLAGS)
+        options = {name: FLAGS[name].value for name in module.DEFAULTS}
+        report = module.convert(state_dict, FLAGS.output_file_path, **options)
     except ConversionError as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1

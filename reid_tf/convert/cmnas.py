@@ -45,12 +45,9 @@ from reid_tf.models.switchable_bn import BN_SET_NAMES
 BACKBONE_PREFIX = "backbone."
 
 
-def _flag(flags, name, default=None):
-    if flags is None:
-        return default
-    if isinstance(flags, dict):
-        return flags.get(name, default)
-    return getattr(flags, name, default)
+# The options of convert() (the flags of ``python -m reid_tf.convert``) and their defaults.
+DEFAULTS = {"cmnas_config_file_path": None, "num_classes": 0, "image_height": 256,
+            "image_width": 128}
 
 
 def _strip_module(state_dict):
@@ -82,14 +79,14 @@ def cmnas_key_map():
     return mapping
 
 
-def convert(state_dict, output_file_path, flags=None):
+def convert(state_dict, output_file_path, **options):
     """Convert a CM-NAS state dict and write ``output_file_path`` (``.h5``).
 
     Args:
       state_dict: ``{name: array}`` of the ``model`` or ``ema`` entry (``module.`` prefixes
         allowed).
       output_file_path: the Keras weights file to write.
-      flags: the converter's absl FLAGS (or any object/dict with these attributes):
+      **options: (the flags of ``python -m reid_tf.convert``, :data:`DEFAULTS`)
         ``cmnas_config_file_path`` (required; selects which BN sets the built model uses, the
         weights of all three sets are imported anyway), ``num_classes`` (0: from
         ``classifier.weight``), ``image_height``, ``image_width`` (default 256 x 128).
@@ -97,8 +94,13 @@ def convert(state_dict, output_file_path, flags=None):
     Returns:
       :class:`reid_tf.runtime.checkpoints.ConversionReport`.
     """
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"convert() got unknown options {sorted(unknown)}; "
+                        f"allowed: {sorted(DEFAULTS)}.")
+    options = dict(DEFAULTS, **options)
     state_dict = _strip_module(state_dict)
-    config_path = _flag(flags, "cmnas_config_file_path")
+    config_path = options["cmnas_config_file_path"]
     if not config_path:
         raise ConversionError("Converting a CM-NAS checkpoint needs its config: set "
                               "--cmnas_config_file_path (a .cfg file with 53 values 0/1).")
@@ -108,14 +110,14 @@ def convert(state_dict, output_file_path, flags=None):
         raise ConversionError(str(error)) from error
 
     classifier = state_dict.get("classifier.weight")
-    num_classes = int(_flag(flags, "num_classes", 0) or 0)
+    num_classes = int(options["num_classes"] or 0)
     if num_classes <= 0:
         if classifier is None:
             raise ConversionError("The checkpoint has no classifier.weight; set --num_classes "
                                   "to build the classifier.")
         num_classes = int(classifier.shape[0])
-    height = int(_flag(flags, "image_height", 256) or 256)
-    width = int(_flag(flags, "image_width", 128) or 128)
+    height = int(options["image_height"] or 256)
+    width = int(options["image_width"] or 128)
 
     bias = state_dict.get("bnneck.bias")
     if bias is not None and np.any(bias != 0):

@@ -127,14 +127,6 @@ def assign_state_dict(model, state_dict):
     return assigner.report()
 
 
-def _option(flags, options, name):
-    if name in options:
-        return options[name]
-    if flags is not None and hasattr(flags, name):
-        return getattr(flags, name)
-    return DEFAULTS[name]
-
-
 def build_converted_model(state_dict, genotype, num_classes=0, input_shape=(256, 128, 3),
                           sam=False):
     """Build MSINet and fill it from ``state_dict``.
@@ -169,7 +161,7 @@ def build_converted_model(state_dict, genotype, num_classes=0, input_shape=(256,
     return training_model, inference_model, report
 
 
-def convert(state_dict, output_file_path, flags=None, **options):
+def convert(state_dict, output_file_path, **options):
     """Convert a reference MSINet state dict and write Keras ``.h5`` weights.
 
     Args:
@@ -178,10 +170,9 @@ def convert(state_dict, output_file_path, flags=None, **options):
         with ``training_model.load_weights`` on a model built by
         :func:`reid_tf.models.msinet.build_msinet` with the same genotype, classes, input size
         and SAM setting.
-      flags: object with ``genotype_file_path``, ``num_classes``, ``image_height``,
-        ``image_width`` and ``sam`` attributes (the absl FLAGS of ``python -m
-        reid_tf.convert``); missing attributes take :data:`DEFAULTS`.
-      **options: the same names, overriding ``flags``.
+      **options: ``genotype_file_path``, ``num_classes``, ``image_height``, ``image_width``
+        and ``sam`` (the flags of ``python -m reid_tf.convert``); missing ones take
+        :data:`DEFAULTS`.
 
     Returns:
       :class:`reid_tf.runtime.checkpoints.ConversionReport`.
@@ -194,12 +185,11 @@ def convert(state_dict, output_file_path, flags=None, **options):
     if not output_file_path.endswith((".h5", ".hdf5")):
         raise ConversionError(f"--output_file_path must end with .h5 (Keras HDF5 weights), got "
                               f"{output_file_path}.")
-    input_shape = (int(_option(flags, options, "image_height")),
-                   int(_option(flags, options, "image_width")), 3)
+    options = dict(DEFAULTS, **options)
+    input_shape = (int(options["image_height"]), int(options["image_width"]), 3)
     training_model, _, report = build_converted_model(
-        state_dict, _option(flags, options, "genotype_file_path"),
-        num_classes=int(_option(flags, options, "num_classes") or 0),
-        input_shape=input_shape, sam=bool(_option(flags, options, "sam")))
+        state_dict, options["genotype_file_path"], num_classes=int(options["num_classes"] or 0),
+        input_shape=input_shape, sam=bool(options["sam"]))
     directory = os.path.dirname(os.path.abspath(output_file_path))
     os.makedirs(directory, exist_ok=True)
     training_model.save_weights(output_file_path)
