@@ -13,6 +13,8 @@ import sys
 import reid_tf  # noqa: F401  (selects tf-keras before TensorFlow is imported)
 from absl import app, flags
 
+from reid_tf.cli import app as cli_app
+from reid_tf.cli.validation import check_files, validate_flags
 from reid_tf.flags import define_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,6 +27,9 @@ flags.FLAGS.set_default("output_folder_path", os.path.join(HERE, "output"))
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
+    # Every flag is checked before TensorFlow, a dataset or a model is loaded.
+    validate_flags(flags.FLAGS)
+    check_files(flags.FLAGS)
     from reid_tf.cli.train import run
     run(flags.FLAGS)
 
@@ -32,4 +37,4 @@ def main(argv):
 if __name__ == "__main__":
     if len(sys.argv) == 1:
         sys.argv.append(f"--flagfile={QUICKSTART_FLAGFILE}")
-    app.run(main)
+    cli_app.run(main)

@@ -114,6 +114,8 @@ class SearchConfig:
             if not condition:
                 raise ValueError(message)
 
+        from reid_tf.data import dataset_protocol
+        dataset_protocol(self.dataset_name)  # a DatasetError names --dataset_name
         check(self.search_space in SEARCH_SPACE_NAMES,
               f"--search_space={self.search_space!r}: expected one of "
               f"{', '.join(SEARCH_SPACE_NAMES)}.")

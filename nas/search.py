@@ -63,6 +63,8 @@ from absl import app, flags
 
 from nas.config import (BN_SPLIT_BACKBONES, BN_SPLIT_DATA_SPLITS, SEARCH_SPACE_NAMES,
                         SPACE_DEFAULTS, SearchConfig)
+from reid_tf.cli import app as cli_app
+from reid_tf.cli.validation import flag_given
 from reid_tf.flags import define_data_flags, parse_dataset_options
 
 FLAGS = flags.FLAGS
@@ -179,13 +181,6 @@ def define_search_flags():
                         "configs/cmnas/NAME.cfg); same as --save_genotype_to.")
 
 
-def _flag_given(values, name):
-    try:
-        return not values[name].using_default_value
-    except (KeyError, TypeError, AttributeError):
-        return True
-
-
 def config_from_flags(values):
     """A :class:`SearchConfig` from parsed flag values (validated).
 
@@ -228,7 +223,7 @@ def config_from_flags(values):
         bn_split_ema_decay=values.bn_split_ema_decay,
         bn_split_ema_reset_epochs=values.bn_split_ema_reset_epochs)
     for field, value in SPACE_DEFAULTS.get(values.search_space, {}).items():
-        if not _flag_given(values, FIELD_FLAGS[field]):
+        if not flag_given(values, FIELD_FLAGS[field]):
             fields[field] = value
     config = SearchConfig(**fields)
     try:
@@ -241,20 +236,14 @@ def config_from_flags(values):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
-    try:
-        config = config_from_flags(FLAGS)
-    except flags.ValidationError as error:
-        raise app.UsageError(str(error)) from None
+    config = config_from_flags(FLAGS)
     if FLAGS.print_config_only:
         for name, value in dataclasses.asdict(config).items():
             print(f"{name} {value}")
         return
     from reid_tf.runtime import distribute
-    try:
-        # First: a multi-worker strategy must exist before TensorFlow runs anything.
-        strategy = distribute.create_strategy(config.strategy)
-    except distribute.DistributionError as error:
-        raise app.UsageError(str(error)) from None
+    # First: a multi-worker strategy must exist before TensorFlow runs anything.
+    strategy = distribute.create_strategy(config.strategy)
     from nas.searcher import Searcher
     from reid_tf.cli.train import print_flags
     print_flags(FLAGS)
@@ -267,7 +256,7 @@ def main(argv):
 def run_cli(argv=None):
     """Entry point: define the flags and run :func:`main` under absl."""
     define_search_flags()
-    app.run(main, argv=argv if argv is not None else sys.argv)
+    cli_app.run(main, argv=argv if argv is not None else sys.argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """absl flags of ``solution.py`` (and the ones ``python -m nas.search`` shares with it).
 
 Every flag of the reference FlipReID keeps its name, type and default (flipreid.md §2.1); the
-flags after them serve MSINet, CM-NAS and the new features. Values are validated in
-:func:`validate_flags`, which names the flag of every bad value.
+flags after them serve MSINet, CM-NAS and the new features. Values are validated by
+:func:`reid_tf.cli.validation.validate_flags` (re-exported here), which names the flag of every
+bad value.
 """
 import os
 
@@ -10,11 +11,11 @@ from absl import flags
 
 FLAGS = flags.FLAGS
 
+from reid_tf.cli.validation import flag_given, parse_dataset_options, validate_flags  # noqa: F401
 from reid_tf.models.cmnas_config import DEFAULT_CONFIG_FILE as CMNAS_DEFAULT_CONFIG
 from reid_tf.runtime.choices import (AUGMENTATION_RECIPES, BACKBONES, DISTANCE_METRICS,
-                                     EXPORT_FORMATS, LEARNING_RATE_MODES,
-                                     MIXED_PRECISION_POLICIES, OPTIMIZERS, POOLING_MODES,
-                                     SAM_MODES, SAMPLER_POLICIES, STRATEGIES)
+                                     EXPORT_FORMATS, POOLING_MODES, SAM_MODES,
+                                     SAMPLER_POLICIES, STRATEGIES)
 
 REFERENCE_ROOT_FOLDER = os.path.expanduser("~/Documents/Local Storage/Dataset")
 
@@ -179,89 +180,3 @@ def define_flags():
     _define_once(flags.DEFINE_integer, "vehicleid_test_size", 2400, "VehicleID test size (800/1600/2400).")
     _define_once(flags.DEFINE_string, "export_formats", "h5",
                         f"Comma-separated inference-model exports: {', '.join(EXPORT_FORMATS)}.")
-
-
-def parse_dataset_options(items):
-    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values parsed as Python literals when they
-    are, else kept as strings)."""
-    import ast
-    options = {}
-    for item in items:
-        key, separator, text = str(item).partition("=")
-        if not separator or not key.strip():
-            raise flags.ValidationError(f"--dataset_options: expected key=value, got {item!r}.")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        options[key.strip()] = value
-    return options
-
-
-def _check(condition, message):
-    if not condition:
-        raise flags.ValidationError(message)
-
-
-def validate_flags(values):
-    """Check flag values; raise ``flags.ValidationError`` naming the flag."""
-    _check(values.backbone_model_name in BACKBONES,
-           f"--backbone_model_name={values.backbone_model_name!r}: expected one of "
-           f"{', '.join(BACKBONES)}.")
-    _check(values.pooling_mode in POOLING_MODES,
-           f"--pooling_mode={values.pooling_mode!r}: expected one of {', '.join(POOLING_MODES)}.")
-    _check(values.image_height > 0 and values.image_width > 0,
-           "--image_height and --image_width must be positive.")
-    _check(values.identity_num_per_batch >= 2,
-           f"--identity_num_per_batch={values.identity_num_per_batch}: need at least 2 "
-           "identities per batch (the triplet loss needs negatives).")
-    _check(values.image_num_per_identity >= 1,
-           f"--image_num_per_identity={values.image_num_per_identity}: must be >= 1.")
-    _check(values.steps_per_epoch >= 0, "--steps_per_epoch must be >= 0.")
-    _check(values.epoch_num >= 0, "--epoch_num must be >= 0.")
-    _check(values.freeze_backbone_for_N_epochs >= 0, "--freeze_backbone_for_N_epochs must be >= 0.")
-    _check(values.region_num >= 0, "--region_num must be >= 0.")
-    _check(values.min_value <= values.max_value,
-           f"--min_value={values.min_value} must not exceed --max_value={values.max_value}.")
-    _check(values.testing_size >= 0, f"--testing_size={values.testing_size} must be >= 0.")
-    _check(not (values.evaluation_only and values.testing_size != 1),
-           "--evaluation_only needs --testing_size 1.0 (the full test set).")
-    for name in ("patch_replacement_probability", "random_erasing_probability"):
-        value = getattr(values, name)
-        _check(0.0 <= value <= 1.0, f"--{name}={value}: must be in [0, 1].")
-    _check(values.learning_rate_mode in LEARNING_RATE_MODES,
-           f"--learning_rate_mode={values.learning_rate_mode!r}: expected one of "
-           f"{', '.join(LEARNING_RATE_MODES)}.")
-    _check(values.optimizer_name in OPTIMIZERS,
-           f"--optimizer_name={values.optimizer_name!r}: expected one of "
-           f"{', '.join(OPTIMIZERS)}.")
-    _check(values.augmentation_recipe in AUGMENTATION_RECIPES,
-           f"--augmentation_recipe={values.augmentation_recipe!r}: expected one of "
-           f"{', '.join(AUGMENTATION_RECIPES)}.")
-    _check(values.sampler_policy in SAMPLER_POLICIES,
-           f"--sampler_policy={values.sampler_policy!r}: expected one of "
-           f"{', '.join(SAMPLER_POLICIES)}.")
-    _check(values.sam_mode in SAM_MODES,
-           f"--sam_mode={values.sam_mode!r}: expected one of {', '.join(SAM_MODES)}.")
-    _check(values.distance_metric in DISTANCE_METRICS,
-           f"--distance_metric={values.distance_metric!r}: expected one of "
-           f"{', '.join(DISTANCE_METRICS)}.")
-    _check(0.0 <= values.ema_decay < 1.0, f"--ema_decay={values.ema_decay}: must be in [0, 1).")
-    _check(0.0 <= values.label_smoothing < 1.0,
-           f"--label_smoothing={values.label_smoothing}: must be in [0, 1).")
-    _check(values.sysu_search_mode in ("all", "indoor"),
-           f"--sysu_search_mode={values.sysu_search_mode!r}: expected all or indoor.")
-    _check(values.vehicleid_test_size in (800, 1600, 2400),
-           f"--vehicleid_test_size={values.vehicleid_test_size}: expected 800, 1600 or 2400.")
-    _check(1 <= values.regdb_trial_index <= 10,
-           f"--regdb_trial_index={values.regdb_trial_index}: expected 1..10.")
-    formats = [part for part in values.export_formats.split(",") if part]
-    unknown = [part for part in formats if part not in EXPORT_FORMATS]
-    _check(not unknown, f"--export_formats: unknown {unknown}; expected {', '.join(EXPORT_FORMATS)}.")
-    _check(values.mixed_precision in MIXED_PRECISION_POLICIES,
-           f"--mixed_precision={values.mixed_precision!r}: expected '', mixed_bfloat16 or "
-           "mixed_float16.")
-    _check(values.strategy in STRATEGIES,
-           f"--strategy={values.strategy!r}: expected one of {', '.join(STRATEGIES)}.")
-    _check(values.workers >= 1, f"--workers={values.workers}: must be >= 1.")
-    parse_dataset_options(values.dataset_options)

@@ -7,20 +7,11 @@ points turn their flags into the small settings the library takes —
 :class:`~reid_tf.data.augmentation.AugmentationSettings`,
 :class:`~reid_tf.losses.objective.ObjectiveConfig` and the loader options of a dataset.
 """
+from reid_tf.cli.validation import flag_given, parse_dataset_options
 from reid_tf.data.augmentation import AugmentationSettings
 from reid_tf.evaluation.settings import EvaluationSettings
-from reid_tf.flags import parse_dataset_options
 from reid_tf.losses.objective import ObjectiveConfig
 from reid_tf.models.settings import ModelSettings
-
-
-def flag_given(values, name):
-    """Whether flag ``name`` was set (command line, flagfile or assignment) rather than left
-    at its default."""
-    try:
-        return not values[name].using_default_value
-    except (KeyError, TypeError, AttributeError):
-        return True
 
 
 def loader_options(values, protocol, include_dataset_options=True):
@@ -63,13 +54,17 @@ def model_settings(values):
 
 
 def evaluation_settings(values):
-    """How ``solution.py``'s flags evaluate (test batch ``--test_batch_size`` or P x K)."""
+    """How ``solution.py``'s flags evaluate (test batch ``--test_batch_size`` or P x K).
+    ``--distance_metric`` and ``--feature_normalization`` left at their defaults leave the
+    choice to the protocol (the cross-modality ones rank by the normalised dot product)."""
     batch_size = values.test_batch_size or (values.identity_num_per_batch
                                             * values.image_num_per_identity)
     return EvaluationSettings(
         image_height=values.image_height, image_width=values.image_width,
         batch_size=batch_size, flip=bool(values.use_horizontal_flipping_in_evaluation),
-        metric=values.distance_metric, normalize=bool(values.feature_normalization),
+        metric=values.distance_metric if flag_given(values, "distance_metric") else None,
+        normalize=(bool(values.feature_normalization)
+                   if flag_given(values, "feature_normalization") else None),
         use_re_ranking=bool(values.use_re_ranking), trial_num=values.evaluation_trial_num,
         sysu_shot=values.sysu_shot, seed=values.seed,
         save_data_to_disk=bool(values.save_data_to_disk))

@@ -27,9 +27,9 @@ import sys
 import tensorflow as tf
 
 from reid_tf.cli import settings as cli_settings
+from reid_tf.cli.validation import check_files, validate_flags
 from reid_tf.data import dataset_protocol, load_dataset
 from reid_tf.evaluation.dataset_evaluator import DatasetEvaluator
-from reid_tf.flags import validate_flags
 from reid_tf.models.factory import build_models, evaluation_outputs
 from reid_tf.runtime import distribute, environment
 from reid_tf.runtime.choices import CROSS_MODALITY_PROTOCOLS
@@ -91,6 +91,7 @@ def export_models(models, run_folder, formats, weights_saved=True):
 def run(values):
     """Run ``solution.py`` with the parsed absl flag values."""
     validate_flags(values)
+    check_files(values)
     strategy = distribute.create_strategy(values.strategy)
     distribute.check_identities_per_replica(values.identity_num_per_batch, strategy)
     print_flags(values)

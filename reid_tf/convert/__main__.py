@@ -1,13 +1,13 @@
 """Command line: ``python -m reid_tf.convert --architecture ARCH --source_file_path X
 --output_file_path Y.h5 [...]``. See :mod:`reid_tf.convert`."""
 import importlib
-import sys
 
 import reid_tf  # noqa: F401  (selects tf-keras)
-from absl import app, flags
+from absl import flags
 
+from reid_tf.cli import app as cli_app
 from reid_tf.convert import ARCHITECTURES
-from reid_tf.runtime.checkpoints import ConversionError, load_state_dict, print_report
+from reid_tf.runtime.checkpoints import load_state_dict, print_report
 
 flags.DEFINE_enum("architecture", None, sorted(ARCHITECTURES), "Architecture of the checkpoint.")
 flags.DEFINE_string("source_file_path", None, "PyTorch checkpoint (.pth, .pth.tar) or .npz.")
@@ -32,17 +32,13 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     module = importlib.import_module(ARCHITECTURES[FLAGS.architecture])
-    try:
-        state_dict = load_state_dict(FLAGS.source_file_path, state_dict_key=FLAGS.state_dict_key)
-        options = {name: FLAGS[name].value for name in module.DEFAULTS}
-        report = module.convert(state_dict, FLAGS.output_file_path, **options)
-    except ConversionError as error:
-        print(f"Error: {error}", file=sys.stderr)
-        return 1
+    state_dict = load_state_dict(FLAGS.source_file_path, state_dict_key=FLAGS.state_dict_key)
+    options = {name: FLAGS[name].value for name in module.DEFAULTS}
+    report = module.convert(state_dict, FLAGS.output_file_path, **options)
     print_report(report)
     print(f"Wrote {FLAGS.output_file_path}")
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli_app.run(main)

@@ -12,6 +12,7 @@ import pandas as pd
 
 # The evaluation protocols a dataset can declare.
 from reid_tf.runtime.choices import CROSS_MODALITY_PROTOCOLS, PROTOCOLS  # noqa: F401
+from reid_tf.runtime.errors import UsageError
 
 COLUMNS = ["image_file_path", "identity_ID", "camera_ID", "modality", "split"]
 SPLITS = ("train", "query", "gallery")
@@ -21,7 +22,7 @@ _LOADERS = {}
 _PROTOCOLS = {}
 
 
-class DatasetError(ValueError):
+class DatasetError(UsageError):
     """Raised for a dataset that is missing, laid out wrongly or holds unparsable files."""
 
 

@@ -63,8 +63,9 @@ class DatasetEvaluator:
                              "evaluate on (set --testing_size 0 to train without evaluation).")
         cross_modality = self.protocol in CROSS_MODALITY_PROTOCOLS
         self.options = EvaluationOptions(
-            protocol=self.protocol, metric=settings.metric,
-            normalize=bool(settings.normalize or cross_modality),
+            protocol=self.protocol,
+            metric=settings.metric or ("neg_dot" if cross_modality else "cosine"),
+            normalize=bool(cross_modality if settings.normalize is None else settings.normalize),
             use_re_ranking=bool(settings.use_re_ranking),
             max_rank=20 if cross_modality else 50, trial_num=settings.trial_num,
             sysu_shot=settings.sysu_shot, seed=settings.seed)

@@ -153,20 +153,22 @@ def evaluate_features(query_df, gallery_df, query_features, gallery_features, op
     if protocol == "sysu_mm01":
         trials = gallery_trials if gallery_trials is not None else [trial]
         trial = np.asarray(trials[0], dtype=np.int64)
-        result = protocols.evaluate_sysu_mm01(query_features, q_pids, q_cams, gallery_features,
-                                              g_pids, g_cams, trials, max_rank=options.max_rank)
-        metric, normalize = "neg_dot", True
+        result = protocols.evaluate_sysu_mm01(
+            query_features, q_pids, q_cams, gallery_features, g_pids, g_cams, trials,
+            max_rank=options.max_rank, metric=options.metric, normalize=options.normalize,
+            re_ranking=options.use_re_ranking)
     elif protocol == "regdb":
-        result = protocols.evaluate_regdb(query_features, gallery_features, q_pids, g_pids,
-                                          max_rank=options.max_rank)
-        metric, normalize = "neg_dot", True
+        result = protocols.evaluate_regdb(
+            query_features, gallery_features, q_pids, g_pids, max_rank=options.max_rank,
+            metric=options.metric, normalize=options.normalize,
+            re_ranking=options.use_re_ranking)
     else:
         result = protocols.evaluate_standard(
             query_features, gallery_features, q_pids, g_pids, q_cams, g_cams,
             metric=options.metric, normalize=options.normalize,
             re_ranking=options.use_re_ranking, max_rank=options.max_rank,
             remove_same_camera=protocol == "standard")
-        metric, normalize = options.metric, options.normalize
+    metric, normalize = options.metric, options.normalize
     summary = summarize_result(result)
     summary["num_query"] = int(len(query_df))
     summary["num_gallery"] = int(len(trial))

@@ -35,6 +35,7 @@ __all__ = [
     "evaluate_standard",
     "evaluate_sysu_mm01",
     "evaluate_vehicleid",
+    "ranked_distances",
 ]
 
 RANKS = (1, 5, 10, 20)
@@ -106,6 +107,24 @@ def average_results(results):
     return averaged
 
 
+def ranked_distances(q_feats, g_feats, metric="cosine", normalize=False, re_ranking=False,
+                     k1=20, k2=6, lambda_value=0.3):
+    """The query-gallery distances a protocol ranks by: ``pairwise_distance`` with ``metric``
+    and ``normalize``, or with ``re_ranking`` its k-reciprocal re-ranking (``k1, k2,
+    lambda_value``) using the query-query and gallery-gallery distances of the same metric
+    (``neg_dot`` is re-ranked as ``cosine``, its non-negative equivalent on L2-normalised
+    features)."""
+    distmat = pairwise_distance(q_feats, g_feats, metric=metric, normalize=normalize)
+    if not re_ranking:
+        return distmat
+    if metric == "neg_dot":
+        metric = "cosine"
+        distmat = pairwise_distance(q_feats, g_feats, metric=metric, normalize=normalize)
+    q_q = pairwise_distance(q_feats, q_feats, metric=metric, normalize=normalize)
+    g_g = pairwise_distance(g_feats, g_feats, metric=metric, normalize=normalize)
+    return _reranking.re_ranking(distmat, q_q, g_g, k1=k1, k2=k2, lambda_value=lambda_value)
+
+
 def evaluate_standard(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric="cosine",
                       normalize=False, re_ranking=False, max_rank=50, remove_same_camera=True,
                       k1=20, k2=6, lambda_value=0.3):
@@ -121,12 +140,8 @@ def evaluate_standard(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric="
     q_feats = _check_rows(q_feats, {"q_pids": q_pids, "q_cams": q_cams}, "query")
     g_feats = _check_rows(g_feats, {"g_pids": g_pids, "g_cams": g_cams}, "gallery")
     depth = _depth(max_rank)
-    distmat = pairwise_distance(q_feats, g_feats, metric=metric, normalize=normalize)
-    if re_ranking:
-        q_q = pairwise_distance(q_feats, q_feats, metric=metric, normalize=normalize)
-        g_g = pairwise_distance(g_feats, g_feats, metric=metric, normalize=normalize)
-        distmat = _reranking.re_ranking(distmat, q_q, g_g, k1=k1, k2=k2,
-                                        lambda_value=lambda_value)
+    distmat = ranked_distances(q_feats, g_feats, metric, normalize, re_ranking, k1, k2,
+                               lambda_value)
     result = cmc_map(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=depth,
                      remove_same_camera=remove_same_camera)
     return _with_ranks(result, max_rank)
@@ -164,7 +179,8 @@ def evaluate_vehicleid(features, pids, trials, metric="cosine", normalize=False,
 
 
 def evaluate_sysu_mm01(query_features, query_pids, query_cams, pool_features, pool_pids,
-                       pool_cams, gallery_trials, max_rank=20):
+                       pool_cams, gallery_trials, max_rank=20, metric="neg_dot",
+                       normalize=True, re_ranking=False):
     """SYSU-MM01 protocol of CM-NAS (§9.1–9.2), averaged over gallery trials.
 
     Query features (thermal, cameras 3 and 6) and the gallery pool features (visible) are
@@ -174,7 +190,8 @@ def evaluate_sysu_mm01(query_features, query_pids, query_cams, pool_features, po
     gallery position). Per trial :func:`~reid_tf.evaluation.metrics.sysu_mm01_cmc_map`:
     camera-3 queries lose every camera-2 gallery item, CMC over distinct identities in
     first-occurrence order, mAP/mINP over the non-deduplicated list. Results are the mean over
-    trials.
+    trials. ``metric``, ``normalize`` and ``re_ranking`` replace the reference's normalised dot
+    product (its defaults) with :func:`ranked_distances`' choices.
     """
     query_features = _check_rows(query_features, {"query_pids": query_pids,
                                                   "query_cams": query_cams}, "SYSU-MM01 query")
@@ -186,32 +203,35 @@ def evaluate_sysu_mm01(query_features, query_pids, query_cams, pool_features, po
     trials = list(gallery_trials)
     if not trials:
         raise ValueError("evaluate_sysu_mm01 needs at least one gallery trial.")
-    query_features = l2_normalize(query_features)
-    pool_features = l2_normalize(pool_features)
+    if normalize:
+        query_features = l2_normalize(query_features)
+        pool_features = l2_normalize(pool_features)
     results = []
     for number, trial in enumerate(trials):
         gallery = _index_array(trial, f"gallery trial {number}", pool_features.shape[0])
-        distmat = pairwise_distance(query_features, pool_features[gallery], metric="neg_dot")
+        distmat = ranked_distances(query_features, pool_features[gallery], metric,
+                                   re_ranking=re_ranking)
         result = sysu_mm01_cmc_map(distmat, query_pids, pool_pids[gallery], query_cams,
                                    pool_cams[gallery], max_rank=depth)
         results.append(_with_ranks(result, max_rank))
     return average_results(results)
 
 
-def evaluate_regdb(query_features, gallery_features, query_pids, gallery_pids, max_rank=20):
+def evaluate_regdb(query_features, gallery_features, query_pids, gallery_pids, max_rank=20,
+                   metric="neg_dot", normalize=True, re_ranking=False):
     """RegDB protocol of CM-NAS (§9.3) for ONE trial.
 
     Features are L2-normalised, similarity is the dot product (ranking by descending
     similarity, ties by gallery index); metrics are the standard image-level CMC, mAP and mINP
     with no camera exclusion (:func:`~reid_tf.evaluation.metrics.cmc_map` with
     ``remove_same_camera=False``). Average the 10 trials with :func:`average_results`.
+    ``metric``, ``normalize`` and ``re_ranking`` as :func:`evaluate_sysu_mm01`.
     """
     query_features = _check_rows(query_features, {"query_pids": query_pids}, "RegDB query")
     gallery_features = _check_rows(gallery_features, {"gallery_pids": gallery_pids},
                                    "RegDB gallery")
     depth = _depth(max_rank)
-    distmat = pairwise_distance(query_features, gallery_features, metric="neg_dot",
-                                normalize=True)
+    distmat = ranked_distances(query_features, gallery_features, metric, normalize, re_ranking)
     result = cmc_map(distmat, query_pids, gallery_pids, None, None, max_rank=depth,
                      remove_same_camera=False)
     return _with_ranks(result, max_rank)

@@ -13,10 +13,12 @@ class EvaluationSettings:
       image_height, image_width: the test image size.
       batch_size: test batch size.
       flip: average the features of each image and of its mirror (flip TTA).
-      metric: ``cosine``, ``euclidean`` or ``sqeuclidean`` (standard and VehicleID protocols).
-      normalize: L2-normalise the features before the distance (the cross-modality protocols
-        always do).
-      use_re_ranking: k-reciprocal re-ranking (standard protocol).
+      metric: ``cosine``, ``euclidean`` or ``sqeuclidean``; None: the protocol's own (cosine
+        for the standard and VehicleID protocols, the references' dot product of normalised
+        features for SYSU-MM01 and RegDB).
+      normalize: L2-normalise the features before the distance; None: the protocol's own
+        (the cross-modality protocols normalise, the others do not).
+      use_re_ranking: k-reciprocal re-ranking (every protocol but VehicleID).
       trial_num: random gallery trials averaged (SYSU-MM01, VehicleID).
       sysu_shot: SYSU-MM01 gallery images per identity and camera.
       seed: the seed of the VehicleID trials.
@@ -28,8 +30,8 @@ class EvaluationSettings:
     image_width: int = 128
     batch_size: int = 64
     flip: bool = False
-    metric: str = "cosine"
-    normalize: bool = False
+    metric: str = None
+    normalize: bool = None
     use_re_ranking: bool = False
     trial_num: int = 10
     sysu_shot: int = 1

@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from reid_tf.runtime.errors import UsageError
+
 NUM_SWITCHABLE_BN = 53
 # The config of --cmnas_config_file_path's default (every BN shared), relative to the project.
 DEFAULT_CONFIG_FILE = "configs/cmnas/all_share.cfg"
@@ -17,7 +19,7 @@ ALL_SHARE = (1,) * NUM_SWITCHABLE_BN
 ALL_SPLIT = (0,) * NUM_SWITCHABLE_BN
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A CM-NAS config that is missing, malformed or of the wrong length/values."""
 
 

@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from reid_tf.runtime.errors import UsageError
+
 TORCH_INSTALL_HINT = (
     "Reading PyTorch checkpoints needs torch (CPU is enough). Install it with "
     "`pip install -e .[torch]` or `pip install torch --index-url "
@@ -17,7 +19,7 @@ TORCH_INSTALL_HINT = (
 )
 
 
-class ConversionError(ValueError):
+class ConversionError(UsageError):
     """A checkpoint that cannot be read or converted."""
 
 

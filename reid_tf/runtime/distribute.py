@@ -56,9 +56,10 @@ import tempfile
 import tensorflow as tf
 
 from reid_tf.runtime.choices import STRATEGIES
+from reid_tf.runtime.errors import UsageError
 
 
-class DistributionError(ValueError):
+class DistributionError(UsageError):
     """A bad ``--strategy`` setting: names the flag or the environment variable to fix."""
 
 
