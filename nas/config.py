@@ -7,7 +7,7 @@ per-space defaults and the run folder.
 import dataclasses
 import os
 
-from reid_tf.runtime.choices import STRATEGIES
+from reid_tf.runtime.choices import RESIZE_INTERPOLATIONS, STRATEGIES
 
 # Search spaces (their classes: nas.spaces.SEARCH_SPACES).
 SEARCH_SPACE_NAMES = ("msi", "bn_split")
@@ -64,6 +64,7 @@ class SearchConfig:
     seed: int = 0
     deterministic: bool = False
     cache_images: bool = False
+    resize_interpolation: str = "opencv_bilinear"
     jit_compile: bool = False
     strategy: str = "default"
     search_space: str = "msi"
@@ -159,6 +160,9 @@ class SearchConfig:
               "under mixed_bfloat16 (bf16 compute; α, the memories, BatchNorm and the losses "
               "stay float32). mixed_float16 would need loss scaling for both optimizers: use "
               "mixed_bfloat16 (CPUs with AVX512-BF16/AMX, NVIDIA Ampere or newer).")
+        check(self.resize_interpolation in RESIZE_INTERPOLATIONS,
+              f"--resize_interpolation={self.resize_interpolation!r}: expected one of "
+              f"{', '.join(RESIZE_INTERPOLATIONS)}.")
         check(self.strategy in STRATEGIES,
               f"--strategy={self.strategy!r}: expected one of {', '.join(STRATEGIES)}.")
         if self.search_space == "bn_split":

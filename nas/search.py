@@ -200,6 +200,7 @@ def config_from_flags(values):
         output_folder_path=values.output_folder_path, workers=values.workers,
         seed=values.seed, deterministic=values.deterministic,
         cache_images=values.cache_images, jit_compile=values.jit_compile,
+        resize_interpolation=values.resize_interpolation,
         strategy=values.strategy,
         mixed_precision=values.mixed_precision, search_space=values.search_space,
         learning_rate=values.search_learning_rate, momentum=values.search_momentum,

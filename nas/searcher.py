@@ -28,7 +28,6 @@ import os
 import time
 
 import numpy as np
-import tensorflow as tf
 
 from nas.bilevel import BilevelStep
 from nas.config import run_folder

@@ -218,7 +218,7 @@ class EndlessBatches:
     """
 
     def __init__(self, dataframe, sampler, height, width, augmentation, label_map, seed,
-                 workers=None, cache_images=False):
+                 workers=None, cache_images=False, resize="opencv_bilinear"):
         self.dataframe = dataframe.reset_index(drop=True)
         self.sampler = sampler
         self.height, self.width = height, width
@@ -227,6 +227,7 @@ class EndlessBatches:
         self.seed = seed
         self.workers = workers
         self.cache_images = cache_images
+        self.resize = resize
         self.epoch = 0
         self.offset = 0
         self._iterator = None
@@ -238,7 +239,7 @@ class EndlessBatches:
         dataset = make_training_dataset(
             self.dataframe, self.sampler, self.height, self.width, self.augmentation,
             self.label_map, self.seed, epoch_index=self.epoch, start_step=self.offset,
-            num_parallel_calls=self.workers, cache_images=self.cache_images)
+            num_parallel_calls=self.workers, cache_images=self.cache_images, resize=self.resize)
         self._iterator = iter(dataset)
 
     def next(self):

@@ -15,7 +15,7 @@ from reid_tf.cli.validation import flag_given, parse_dataset_options, validate_f
 from reid_tf.models.cmnas_config import DEFAULT_CONFIG_FILE as CMNAS_DEFAULT_CONFIG
 from reid_tf.runtime.choices import (AUGMENTATION_RECIPES, BACKBONES, DISTANCE_METRICS,
                                      EXPORT_FORMATS, POOLING_MODES, SAM_MODES,
-                                     SAMPLER_POLICIES, STRATEGIES)
+                                     RESIZE_INTERPOLATIONS, SAMPLER_POLICIES, STRATEGIES)
 
 REFERENCE_ROOT_FOLDER = os.path.expanduser("~/Documents/Local Storage/Dataset")
 
@@ -53,6 +53,10 @@ def define_data_flags():
     _define_once(flags.DEFINE_integer, "seed", 0, "Seed of sampling, augmentation and init.")
     _define_once(flags.DEFINE_bool, "deterministic", False,
                  "Enable TensorFlow's deterministic ops (bitwise reproducible resume).")
+    _define_once(flags.DEFINE_enum, "resize_interpolation", "opencv_bilinear",
+                 list(RESIZE_INTERPOLATIONS),
+                 "How images are resized: opencv_bilinear (FlipReID), pil_bilinear (MSINet: "
+                 "torchvision Resize, antialiased), pil_lanczos (CM-NAS: PIL ANTIALIAS).")
     _define_once(flags.DEFINE_bool, "cache_images", False,
                  "Keep decoded, resized training images in memory (small datasets).")
     _define_once(flags.DEFINE_string, "strategy", "default",

@@ -22,7 +22,8 @@ def evaluation_settings(config, **overrides):
     normalisation, trials, ...)."""
     from reid_tf.evaluation.settings import EvaluationSettings
     return EvaluationSettings(image_height=config.image_height, image_width=config.image_width,
-                              batch_size=config.test_batch_size, seed=config.seed, **overrides)
+                              batch_size=config.test_batch_size, seed=config.seed,
+                              resize=config.resize_interpolation, **overrides)
 
 
 class SearchSpace(abc.ABC):

@@ -166,13 +166,15 @@ class BnSplitSearchSpace(SearchSpace):
         self.train_data = TrainingInput(
             self.weight_part, P, K, config.steps_per_epoch, height, width, augmentation,
             seed=config.seed, cross_modality=True, label_map=self.weight_label_map,
-            workers=config.workers, cache_images=config.cache_images)
+            workers=config.workers, cache_images=config.cache_images,
+            resize=config.resize_interpolation)
         arch_seed = config.seed + VALID_SEED_OFFSET
         sampler = CrossModalitySampler.from_dataframe(self.arch_part, P, K, steps_per_epoch=None,
                                                       seed=arch_seed)
         self.valid_data = EndlessBatches(
             self.arch_part, sampler, height, width, augmentation, self.arch_label_map,
-            seed=arch_seed, workers=config.workers, cache_images=config.cache_images)
+            seed=arch_seed, workers=config.workers, cache_images=config.cache_images,
+            resize=config.resize_interpolation)
 
     # ------------------------------------------------------------------ network
     def _build_supernet(self, config, input_shape, num_classes):

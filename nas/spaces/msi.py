@@ -53,14 +53,16 @@ class MsiSearchSpace(SearchSpace):
         self.train_data = TrainingInput(
             self.split.train, P, K, config.steps_per_epoch, height, width, augmentation,
             seed=config.seed, policy="msinet", label_map=self.split.train_label_map,
-            workers=config.workers, cache_images=config.cache_images)
+            workers=config.workers, cache_images=config.cache_images,
+            resize=config.resize_interpolation)
         valid_sampler = PKSampler.from_dataframe(self.split.valid, P, K, steps_per_epoch=None,
                                                  seed=config.seed + VALID_SEED_OFFSET,
                                                  policy="msinet")
         self.valid_data = EndlessBatches(
             self.split.valid, valid_sampler, height, width, augmentation,
             self.split.valid_label_map, seed=config.seed + VALID_SEED_OFFSET,
-            workers=config.workers, cache_images=config.cache_images)
+            workers=config.workers, cache_images=config.cache_images,
+            resize=config.resize_interpolation)
         self._build_model(self.split.num_train_classes, self.split.num_valid_classes,
                           input_shape, config.seed)
 

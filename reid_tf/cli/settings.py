@@ -67,7 +67,7 @@ def evaluation_settings(values):
                    if flag_given(values, "feature_normalization") else None),
         use_re_ranking=bool(values.use_re_ranking), trial_num=values.evaluation_trial_num,
         sysu_shot=values.sysu_shot, seed=values.seed,
-        save_data_to_disk=bool(values.save_data_to_disk))
+        save_data_to_disk=bool(values.save_data_to_disk), resize=values.resize_interpolation)
 
 
 def augmentation_settings(values, cross_domain=False):

@@ -208,7 +208,8 @@ def _run(values, strategy, folder):
         train, values.identity_num_per_batch, values.image_num_per_identity,
         values.steps_per_epoch, values.image_height, values.image_width, augmentation,
         seed=values.seed, policy=values.sampler_policy, cross_modality=cross_modality,
-        label_map=label_map, workers=values.workers, cache_images=values.cache_images)
+        label_map=label_map, workers=values.workers, cache_images=values.cache_images,
+        resize=values.resize_interpolation)
     trainer = _trainer(values, models, data, evaluator, folder, strategy)
     trainer.fit()
     trainer.close()

@@ -1,9 +1,16 @@
 """Reading image files for training and evaluation (flipreid.md §4.4).
 
-Every image is read with OpenCV in colour (BGR, greyscale files are expanded to three channels),
-resized with ``cv2.resize`` to ``(width, height)`` using OpenCV's default bilinear interpolation,
-and converted BGR→RGB. The result is a ``uint8`` array of shape ``(height, width, 3)``; the aspect
-ratio is not preserved.
+Every image is decoded in colour (greyscale files are expanded to three channels) and resized to
+``(height, width)`` the way a reference does (``resize``, :data:`RESIZE_INTERPOLATIONS`):
+
+* ``opencv_bilinear`` (default, FlipReID): ``cv2.imread`` + ``cv2.resize`` (bilinear, no
+  antialiasing), BGR→RGB;
+* ``pil_bilinear`` (MSINet: torchvision ``Resize`` on a PIL image): Pillow ``convert("RGB")`` +
+  ``resize(..., BILINEAR)``, whose filter widens when downscaling (antialiasing);
+* ``pil_lanczos`` (CM-NAS: ``Image.ANTIALIAS``): Pillow ``resize(..., LANCZOS)``.
+
+The result is a ``uint8`` RGB array of shape ``(height, width, 3)``; the aspect ratio is not
+preserved.
 
 A file that is missing, unreadable or not a decodable image raises :class:`ImageReadError`, whose
 message names the file. The tf.data pipelines (:mod:`reid_tf.data.pipeline`) call this function
@@ -17,6 +24,7 @@ import cv2
 import numpy as np
 
 from reid_tf.data.registry import DatasetError
+from reid_tf.runtime.choices import RESIZE_INTERPOLATIONS
 
 __all__ = ["ImageReadError", "ImageCache", "read_image", "check_image_size"]
 
@@ -33,19 +41,39 @@ def check_image_size(height, width):
     return int(height), int(width)
 
 
-def read_image(path, height, width):
+def _read_pil(path, height, width, resize):
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if image.size != (width, height):
+                method = Image.Resampling.BILINEAR if resize == "pil_bilinear" \
+                    else Image.Resampling.LANCZOS
+                image = image.resize((width, height), method)
+            return np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageReadError(f"Cannot read image file {path!r}: Pillow could not decode it "
+                             f"({error}).") from None
+
+
+def read_image(path, height, width, resize="opencv_bilinear"):
     """Read ``path`` as an RGB ``uint8`` array of shape ``(height, width, 3)``.
 
-    The file is decoded by ``cv2.imread(path, cv2.IMREAD_COLOR)`` (so greyscale and palette files
-    become three identical channels and EXIF orientation is applied as OpenCV does), resized with
-    ``cv2.resize(image, (width, height))`` (bilinear) and converted from BGR to RGB.
+    ``opencv_bilinear``: the file is decoded by ``cv2.imread(path, cv2.IMREAD_COLOR)`` (so
+    greyscale and palette files become three identical channels and EXIF orientation is applied
+    as OpenCV does), resized with ``cv2.resize(image, (width, height))`` (bilinear) and
+    converted from BGR to RGB. ``pil_bilinear`` / ``pil_lanczos``: decoded by Pillow and resized
+    with its bilinear / Lanczos filter (module docstring).
 
     Raises:
         ImageReadError: the file does not exist, is a folder, cannot be opened, or OpenCV cannot
             decode it; the message contains the path.
-        ValueError: ``height`` or ``width`` is not a positive integer.
+        ValueError: ``height`` or ``width`` is not a positive integer, or ``resize`` unknown.
     """
     height, width = check_image_size(height, width)
+    if resize not in RESIZE_INTERPOLATIONS:
+        raise ValueError(f"--resize_interpolation={resize!r}: expected one of "
+                         f"{', '.join(RESIZE_INTERPOLATIONS)}.")
     if isinstance(path, bytes):
         path = path.decode("utf-8")
     path = str(os.fspath(path))
@@ -55,6 +83,8 @@ def read_image(path, height, width):
         raise ImageReadError(f"Cannot read image file {path!r}: it is a folder, not a file.")
     if not os.access(path, os.R_OK):
         raise ImageReadError(f"Cannot read image file {path!r}: permission denied.")
+    if resize != "opencv_bilinear":
+        return _read_pil(path, height, width, resize)
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         raise ImageReadError(
@@ -70,7 +100,7 @@ def read_image(path, height, width):
 class ImageCache:
     """A thread-safe in-memory cache of decoded, resized ``uint8`` images.
 
-    Keys are ``(path, height, width)``; values are the arrays returned by :func:`read_image`
+    Keys are ``(path, height, width, resize)``; values are the arrays returned by :func:`read_image`
     (marked read-only, so a transform that writes in place fails loudly instead of corrupting the
     cache). Use it for small datasets so that later epochs only augment: every image costs
     ``height * width * 3`` bytes (96 KiB at 256 × 128). The cache does not notice files that
@@ -81,14 +111,14 @@ class ImageCache:
         self._images = {}
         self._lock = threading.Lock()
 
-    def get(self, path, height, width):
+    def get(self, path, height, width, resize="opencv_bilinear"):
         """The image of ``path`` at ``(height, width)``, read with :func:`read_image` on a miss."""
         if isinstance(path, bytes):
             path = path.decode("utf-8")
-        key = (str(os.fspath(path)), int(height), int(width))
+        key = (str(os.fspath(path)), int(height), int(width), resize)
         image = self._images.get(key)
         if image is None:
-            image = read_image(key[0], height, width)
+            image = read_image(key[0], height, width, resize)
             image.setflags(write=False)
             with self._lock:
                 image = self._images.setdefault(key, image)

@@ -144,19 +144,19 @@ def training_epoch_elements(dataframe, sampler, label_map, epoch_index=0, start_
     }
 
 
-def _load_function(height, width, cache):
+def _load_function(height, width, cache, resize):
     """``path -> uint8 (height, width, 3)`` image, through ``cache`` when one is given."""
     def load(path):
         if cache is None:
-            return read_image(path, height, width)
-        return cache.get(path, height, width)
+            return read_image(path, height, width, resize)
+        return cache.get(path, height, width, resize)
 
     return load
 
 
 def make_training_dataset(dataframe, sampler, height, width, augmentation, label_map, seed,
                           epoch_index=0, start_step=0, num_parallel_calls=None,
-                          cache_images=False, prefetch=2):
+                          cache_images=False, prefetch=2, resize="opencv_bilinear"):
     """One training epoch as a ``tf.data.Dataset`` of ``(images, labels)``.
 
     Args:
@@ -179,6 +179,7 @@ def make_training_dataset(dataframe, sampler, height, width, augmentation, label
             cache (:func:`shared_image_cache`) so later epochs only augment; an
             :class:`~reid_tf.data.images.ImageCache` uses that cache; ``False`` reads every time.
         prefetch: batches to prefetch (``tf.data.AUTOTUNE`` allowed, 0 for none).
+        resize: how images are resized (:func:`reid_tf.data.images.read_image`).
 
     Returns:
         ``tf.data.Dataset`` yielding ``float32 (B, H, W, 3)`` images and ``int32 (B,)`` labels
@@ -190,7 +191,7 @@ def make_training_dataset(dataframe, sampler, height, width, augmentation, label
     epoch_index = _nonnegative_int("epoch_index", epoch_index)
     elements = training_epoch_elements(dataframe, sampler, label_map, epoch_index, start_step)
     paths = dataframe["image_file_path"].astype(str).tolist()
-    load = _load_function(height, width, _resolve_cache(cache_images))
+    load = _load_function(height, width, _resolve_cache(cache_images), resize)
     augmenter = Augmenter(augmentation, height, width)
 
     def load_and_augment(row, step, position):
@@ -212,12 +213,12 @@ def make_training_dataset(dataframe, sampler, height, width, augmentation, label
 
 
 def make_test_dataset(dataframe, height, width, batch_size, flip=False, num_parallel_calls=None,
-                      cache_images=False, prefetch=2):
+                      cache_images=False, prefetch=2, resize="opencv_bilinear"):
     """Normalised ``float32 (b, H, W, 3)`` image batches of ``dataframe`` in row order.
 
     ``ceil(N / batch_size)`` batches, the last one partial. ``flip=True`` mirrors every image
     horizontally (as ``cv2.flip(image, 1)``) before normalisation. No augmentation, no labels.
-    ``cache_images`` as in :func:`make_training_dataset`.
+    ``cache_images`` and ``resize`` as in :func:`make_training_dataset`.
     """
     _check_table(dataframe, ["image_file_path"], "make_test_dataset")
     height, width = check_image_size(height, width)
@@ -225,7 +226,7 @@ def make_test_dataset(dataframe, height, width, batch_size, flip=False, num_para
             or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     paths = dataframe["image_file_path"].astype(str).tolist()
-    load = _load_function(height, width, _resolve_cache(cache_images))
+    load = _load_function(height, width, _resolve_cache(cache_images), resize)
     flip = bool(flip)
 
     def load_and_normalize(row):

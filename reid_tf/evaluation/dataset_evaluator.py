@@ -78,7 +78,7 @@ class DatasetEvaluator:
                                 batch_size=settings.batch_size, flip=settings.flip,
                                 feature_index=None if self.secondary_features
                                 else self.feature_index,
-                                num_parallel_calls=settings.workers)
+                                num_parallel_calls=settings.workers, resize=settings.resize)
 
     @staticmethod
     def _output_columns(inference_model):

@@ -31,11 +31,12 @@ class FeatureExtractor:
 
     ``inference_model`` is a Keras model (called with ``training=False``; a second input is
     the modality mode) or a function ``images -> features`` (e.g. a search network's
-    ``embed``). ``num_parallel_calls``: parallel image decoding of the test pipeline.
+    ``embed``). ``num_parallel_calls``: parallel image decoding of the test pipeline;
+    ``resize``: how images are resized (:func:`reid_tf.data.images.read_image`).
     """
 
     def __init__(self, inference_model, height, width, batch_size=64, flip=False,
-                 feature_index=None, num_parallel_calls=None):
+                 feature_index=None, num_parallel_calls=None, resize="opencv_bilinear"):
         self.model = inference_model
         self.height = height
         self.width = width
@@ -43,6 +44,7 @@ class FeatureExtractor:
         self.flip = flip
         self.feature_index = feature_index
         self.num_parallel_calls = num_parallel_calls
+        self.resize = resize
         self.is_keras_model = hasattr(inference_model, "inputs")
         self.uses_mode = self.is_keras_model and len(inference_model.inputs) > 1
         self._traced = {}
@@ -73,7 +75,8 @@ class FeatureExtractor:
     def _run(self, dataframe, flip, mode):
         from reid_tf.data.pipeline import make_test_dataset
         dataset = make_test_dataset(dataframe, self.height, self.width, self.batch_size,
-                                    flip=flip, num_parallel_calls=self.num_parallel_calls)
+                                    flip=flip, num_parallel_calls=self.num_parallel_calls,
+                                    resize=self.resize)
         # A Python int (see _predict): a mode tensor would make each switchable BN trace all
         # three branches, and the mixed one rejects an odd batch such as the last, partial one.
         mode = int(mode)

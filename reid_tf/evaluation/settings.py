@@ -24,6 +24,7 @@ class EvaluationSettings:
       seed: the seed of the VehicleID trials.
       save_data_to_disk: also write ``test.npz`` (features, identities, cameras).
       workers: parallel image decoding calls of the test pipeline (None: tf.data's choice).
+      resize: how test images are resized (:func:`reid_tf.data.images.read_image`).
     """
 
     image_height: int = 384
@@ -38,3 +39,4 @@ class EvaluationSettings:
     seed: int = 0
     save_data_to_disk: bool = False
     workers: int = None
+    resize: str = "opencv_bilinear"

@@ -13,6 +13,10 @@ POOLING_MODES = ("Average", "Max", "GeM")
 # MSINet's spatial alignment loss (reid_tf.losses.sam).
 SAM_MODES = ("none", "pos", "neg", "pos_neg")
 
+# Resizing of every image (reid_tf.data.images): OpenCV bilinear (FlipReID), Pillow bilinear
+# with antialiasing (torchvision Resize, MSINet), Pillow Lanczos (PIL ANTIALIAS, CM-NAS).
+RESIZE_INTERPOLATIONS = ("opencv_bilinear", "pil_bilinear", "pil_lanczos")
+
 # Training input (reid_tf.data.augmentation, reid_tf.data.sampler).
 AUGMENTATION_RECIPES = ("flipreid", "msinet", "cmnas", "none")
 SAMPLER_POLICIES = ("flipreid", "msinet")

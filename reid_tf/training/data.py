@@ -16,7 +16,8 @@ class TrainingInput:
 
     def __init__(self, train_dataframe, identity_num_per_batch, image_num_per_identity,
                  steps_per_epoch, height, width, augmentation, seed=0, policy="flipreid",
-                 cross_modality=False, label_map=None, workers=None, cache_images=False):
+                 cross_modality=False, label_map=None, workers=None, cache_images=False,
+                 resize="opencv_bilinear"):
         self.dataframe = train_dataframe.reset_index(drop=True)
         steps = steps_per_epoch if steps_per_epoch else None
         if cross_modality:
@@ -34,6 +35,7 @@ class TrainingInput:
         self.seed = seed
         self.workers = workers
         self.cache_images = cache_images
+        self.resize = resize
         self._current_epoch = 0
         self._next_epoch = 0
 
@@ -68,7 +70,7 @@ class TrainingInput:
         return make_training_dataset(
             self.dataframe, self.sampler, self.height, self.width, self.augmentation,
             self.label_map, self.seed, epoch_index=epoch_index, start_step=start_step,
-            num_parallel_calls=self.workers, cache_images=self.cache_images)
+            num_parallel_calls=self.workers, cache_images=self.cache_images, resize=self.resize)
 
     def get_state(self):
         """JSON text: the sampler state at the start of the next epoch."""
