@@ -1,4 +1,5 @@
-"""Pictures of an evaluation: the CMC curve, a rank list, and training curves (matplotlib Agg)."""
+"""Pictures of an evaluation: the CMC curve, distance histograms, a rank list, thumbnails and
+training curves (matplotlib Agg, OpenCV)."""
 import os
 
 import numpy as np
@@ -15,12 +16,13 @@ def _pyplot():
     return plt
 
 
-def plot_cmc_curve(cmc, file_path, title="CMC", label=None):
-    """Write the CMC curve (rank 1..len(cmc), matching rate in %) to ``file_path``."""
+def cmc_figure(cmc, title="CMC", label=None, figsize=(6, 4), dpi=100):
+    """A matplotlib figure of the CMC curve (rank 1..len(cmc), matching rate in %), with the
+    rank-1, rank-5 and rank-10 values written next to their points. The caller closes it."""
     plt = _pyplot()
     cmc = np.asarray(cmc, dtype=np.float64)
     ranks = np.arange(1, len(cmc) + 1)
-    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
+    figure, axis = plt.subplots(figsize=figsize, dpi=dpi)
     axis.plot(ranks, 100.0 * cmc, marker="o", markersize=3, label=label)
     for rank in (1, 5, 10):
         if rank <= len(cmc):
@@ -35,10 +37,80 @@ def plot_cmc_curve(cmc, file_path, title="CMC", label=None):
     if label:
         axis.legend(loc="lower right")
     figure.tight_layout()
+    return figure
+
+
+def plot_cmc_curve(cmc, file_path, title="CMC", label=None):
+    """Write the CMC curve (rank 1..len(cmc), matching rate in %) to ``file_path``."""
+    plt = _pyplot()
+    figure = cmc_figure(cmc, title=title, label=label)
     os.makedirs(os.path.dirname(os.path.abspath(file_path)), exist_ok=True)
     figure.savefig(file_path)
     plt.close(figure)
     return file_path
+
+
+def distance_histogram_figure(positive, negative, title="Query-gallery distances", bins=50,
+                              figsize=(6, 4), dpi=100):
+    """A figure with the histograms (densities, shared bins) of the positive (same identity)
+    and negative (other identity) distances; the legend gives each sample's size and median.
+    The caller closes it."""
+    plt = _pyplot()
+    positive = np.asarray(positive, dtype=np.float64)
+    negative = np.asarray(negative, dtype=np.float64)
+    values = np.concatenate([positive, negative])
+    figure, axis = plt.subplots(figsize=figsize, dpi=dpi)
+    if values.size:
+        low, high = float(values.min()), float(values.max())
+        edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
+        for sample, name, colour in ((positive, "positive (same identity)", "tab:green"),
+                                     (negative, "negative (other identity)", "tab:red")):
+            if sample.size:
+                axis.hist(sample, bins=edges, density=True, alpha=0.55, color=colour,
+                          label=f"{name}: n={sample.size}, median {np.median(sample):.3g}")
+        axis.legend(loc="upper right", fontsize=8)
+    axis.set_xlabel("Distance (smaller = more similar)")
+    axis.set_ylabel("Density")
+    axis.grid(True, alpha=0.3)
+    axis.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def figure_png_bytes(figure, close=True):
+    """The PNG bytes of a matplotlib figure (closed afterwards unless ``close`` is False)."""
+    import io
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    if close:
+        _pyplot().close(figure)
+    return buffer.getvalue()
+
+
+def load_thumbnail(path, height, width, upscale=True):
+    """The image file at ``path`` resized to ``height x width`` (RGB uint8), or None when it
+    cannot be read. With ``upscale=False`` an image that already fits in the box keeps its
+    size (the page scales it; the file stays small)."""
+    import cv2
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    if upscale or image.shape[0] > height or image.shape[1] > width:
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def png_bytes(image, colours=None):
+    """Optimised PNG bytes of an RGB uint8 array; ``colours`` (2..256) stores it with a
+    palette of that many colours (fast octree), about 40% of the size for photographs."""
+    import io
+    from PIL import Image
+    picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    if colours is not None:
+        picture = picture.quantize(colors=int(colours), method=Image.Quantize.FASTOCTREE)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
 
 
 def _thumbnail(path, height, width, colour, border=4):

@@ -28,6 +28,12 @@ def loader_options(values, protocol, include_dataset_options=True):
     return options
 
 
+def run_flags(values):
+    """The run's flags as a plain ``{name: value}`` of ``solution.py``'s own flags (for the
+    evaluation report)."""
+    return {flag.name: flag.value for flag in values.get_flags_for_module("reid_tf.flags")}
+
+
 def model_settings(values):
     """The network of ``solution.py``'s flags. ``--cmnas_config_file_path`` given explicitly
     with ``--backbone_model_name msinet`` selects the switchable MSINet (its default is a

@@ -112,7 +112,8 @@ def _evaluator(values, dataset_name, root_folder_path, dataframe, output_folder,
     return DatasetEvaluator(
         cli_settings.evaluation_settings(values), dataset_name, root_folder_path, dataframe,
         output_folder, feature_index, testing_size, secondary_features=secondary,
-        loader_options=cli_settings.loader_options(values, protocol, main_dataset))
+        loader_options=cli_settings.loader_options(values, protocol, main_dataset),
+        run_flags=cli_settings.run_flags(values))
 
 
 def _mixed_batch_inputs(images):

@@ -37,11 +37,12 @@ class DatasetEvaluator:
       secondary_features: ``{entry name: output index}`` evaluated on the same extraction and
         stored in the summary under its name (CM-NAS: ``{"pre_bnneck": 0}``).
       loader_options: the loader options of ``dataset_name`` (VehicleID trials reload it).
+      run_flags: the run's flags (name -> value) shown in ``report.html``.
     """
 
     def __init__(self, settings, dataset_name, root_folder_path, dataframe, output_folder,
                  feature_index=None, testing_size=1.0, secondary_features=None,
-                 loader_options=None):
+                 loader_options=None, run_flags=None):
         self.settings = settings
         self.dataset_name = dataset_name
         self.root_folder_path = root_folder_path
@@ -50,6 +51,7 @@ class DatasetEvaluator:
         self.feature_index = feature_index
         self.secondary_features = dict(secondary_features or {})
         self.loader_options = dict(loader_options or {})
+        self.run_flags = dict(run_flags) if run_flags is not None else None
         if self.secondary_features and feature_index is None:
             raise ValueError("DatasetEvaluator: secondary_features need a feature_index for the "
                              "main entry.")
@@ -132,7 +134,8 @@ class DatasetEvaluator:
             write_evaluation_outputs(summary, details, self.output_folder, tag=tag,
                                      query_features=query_features,
                                      gallery_features=gallery_features,
-                                     save_data_to_disk=self.settings.save_data_to_disk)
+                                     save_data_to_disk=self.settings.save_data_to_disk,
+                                     run_flags=self.run_flags)
         print_metrics(summary, f"{self.dataset_name} {tag}")
         return summary
 

@@ -206,8 +206,11 @@ def select_test_subset(query_df, gallery_df, testing_size):
 
 
 def write_evaluation_outputs(summary, details, output_folder, tag=None, query_features=None,
-                             gallery_features=None, save_data_to_disk=False, draw=True):
-    """``evaluation.json`` (+ the CMC curve PNG, a rank-list PNG and, on request, ``test.npz``)."""
+                             gallery_features=None, save_data_to_disk=False, draw=True,
+                             run_flags=None):
+    """``evaluation.json`` (+ the CMC curve PNG, a rank-list PNG, ``report.html`` with the
+    ``run_flags`` (a name -> value mapping) and, on request, ``test.npz`` and the report's
+    ``report_data.npz``)."""
     from reid_tf import visualization
     os.makedirs(output_folder, exist_ok=True)
     record = dict(summary)
@@ -224,6 +227,9 @@ def write_evaluation_outputs(summary, details, output_folder, tag=None, query_fe
                                      details["g_cams"],
                                      os.path.join(output_folder, "rank_list.png"),
                                      remove_same_camera=details["remove_same_camera"])
+        from reid_tf.evaluation.report import write_report
+        write_report(output_folder, summary, details, flags=run_flags, tag=tag,
+                     save_data=save_data_to_disk)
     if save_data_to_disk and query_features is not None:
         np.savez(os.path.join(output_folder, "test.npz"),
                  query_image_features_array=query_features,

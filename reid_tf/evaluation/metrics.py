@@ -241,6 +241,15 @@ def _aggregate(per_query, ranks, max_rank, what):
     }
 
 
+def _with_per_query(result, per_query, ranks, wanted):
+    """Add the ``per_query`` arrays (valid, ap, inp, rank) to ``result`` when ``wanted``."""
+    if wanted:
+        valid = per_query["valid"]
+        result["per_query"] = {"valid": valid, "ap": per_query["ap"], "inp": per_query["inp"],
+                               "rank": np.where(valid, ranks, 0).astype(np.int64)}
+    return result
+
+
 def _prepare(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, need_cameras):
     distmat = _check_distmat(distmat)
     num_query, num_gallery = distmat.shape
@@ -256,7 +265,7 @@ def _prepare(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, need_cameras
 
 
 def cmc_map(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, remove_same_camera=True,
-            num_threads=None):
+            num_threads=None, return_per_query=False):
     """CMC curve, mAP and mINP with Market-1501 semantics.
 
     For every query the gallery is ranked by ascending distance (float32; ties broken by gallery
@@ -278,10 +287,14 @@ def cmc_map(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, remove_sam
         valid query, so the trailing entries of a short filtered list are 1).
       remove_same_camera: apply the same-identity-same-camera rule (False for VehicleID/RegDB).
       num_threads: threads sharing the row blocks (default ``min(2, cpu_count)``).
+      return_per_query: also return ``per_query`` (see below).
 
     Returns:
       dict with ``cmc`` (float64 array of length ``min(max_rank, G)``, fractions), ``mAP`` and
-      ``mINP`` (floats in [0, 1]) and ``num_valid_queries`` (int).
+      ``mINP`` (floats in [0, 1]) and ``num_valid_queries`` (int). With ``return_per_query``,
+      ``per_query`` holds Q-long arrays: ``valid`` (bool: the query has a true match left),
+      ``ap``, ``inp`` and ``rank`` (1-based rank of its first true match; 0 for invalid
+      queries); ``mAP`` is the mean of ``ap`` over the valid queries.
 
     Raises:
       ValueError: for shapes that disagree, NaN distances, a bad ``max_rank``, or when no query
@@ -304,11 +317,12 @@ def cmc_map(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, remove_sam
 
     parts = _map_blocks(block_metrics, _row_blocks(num_query, num_gallery), num_threads)
     per_query = _merge(parts)
-    return _aggregate(per_query, per_query["first_rank"], max_rank, "cmc_map")
+    result = _aggregate(per_query, per_query["first_rank"], max_rank, "cmc_map")
+    return _with_per_query(result, per_query, per_query["first_rank"], return_per_query)
 
 
 def sysu_mm01_cmc_map(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20,
-                      num_threads=None):
+                      num_threads=None, return_per_query=False):
     """SYSU-MM01 metrics (CM-NAS reference variant) from a query × gallery distance matrix.
 
     * Camera rule: for a query from camera 3 every gallery item from camera 2 is removed from
@@ -323,7 +337,8 @@ def sysu_mm01_cmc_map(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20,
 
     Ranking: ascending distance, ties broken by gallery index (pass negated similarities to
     rank by descending similarity). Arguments and return value as in :func:`cmc_map`
-    (``max_rank`` default 20, capped at the gallery size).
+    (``max_rank`` default 20, capped at the gallery size; ``per_query["rank"]`` is the
+    distinct-identity rank).
     """
     distmat, q_pids, g_pids, q_camids, g_camids, max_rank = _prepare(
         distmat, q_pids, g_pids, q_camids, g_camids, max_rank, True)
@@ -358,4 +373,5 @@ def sysu_mm01_cmc_map(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20,
 
     parts = _map_blocks(block_metrics, _row_blocks(num_query, num_gallery), num_threads)
     per_query = _merge(parts)
-    return _aggregate(per_query, per_query["distinct_rank"], max_rank, "sysu_mm01_cmc_map")
+    result = _aggregate(per_query, per_query["distinct_rank"], max_rank, "sysu_mm01_cmc_map")
+    return _with_per_query(result, per_query, per_query["distinct_rank"], return_per_query)
