@@ -31,6 +31,7 @@ from reid_tf.cli.validation import check_files, validate_flags
 from reid_tf.data import dataset_protocol, load_dataset
 from reid_tf.evaluation.dataset_evaluator import DatasetEvaluator
 from reid_tf.models.factory import build_models, evaluation_outputs
+from reid_tf.retrieval.run_settings import RunSettings, save_run_settings
 from reid_tf.runtime import distribute, environment
 from reid_tf.runtime.choices import CROSS_MODALITY_PROTOCOLS
 from reid_tf.training.engine import RunFolder
@@ -181,9 +182,13 @@ def _run(values, strategy, folder):
           f"{int((dataframe['split'] == 'query').sum())} query and "
           f"{int((dataframe['split'] == 'gallery').sum())} gallery images.")
 
-    models, _, weight_targets = build_models(cli_settings.model_settings(values),
-                                             len(label_map), cross_modality=cross_modality,
-                                             strategy=strategy)
+    model_settings = cli_settings.model_settings(values)
+    models, _, weight_targets = build_models(model_settings, len(label_map),
+                                             cross_modality=cross_modality, strategy=strategy)
+    save_run_settings(run_folder, RunSettings(
+        model=model_settings, evaluation=cli_settings.evaluation_settings(values),
+        num_classes=len(label_map), cross_modality=cross_modality,
+        dataset_name=values.dataset_name))
     if values.pretrained_model_file_path:
         load_pretrained_weights(weight_targets, values.pretrained_model_file_path)
 
