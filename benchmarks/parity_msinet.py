@@ -73,8 +73,10 @@ except ImportError:
     pass
 '''
 
-STEP_EPOCHS = (5, 5, 5, 5)   # 20 steps: lr 2e-4 (warm-up), 0.02, 0.02, 0.002 (milestone 3)
-STEP_RECIPE = {"lr": 0.02, "warmup": 1, "milestones": (3,)}
+# 20 steps as 4 epochs of 5: the recipe's warm-up rates of epochs 0-3 (2e-4, 3.5e-3, 6.8e-3,
+# 1.01e-2), so the rate changes at every epoch boundary, with the momentum buffer carried over.
+STEP_EPOCHS = (5, 5, 5, 5)
+STEP_RECIPE = {"lr": 0.02, "warmup": 6, "milestones": (26, 33)}
 TABLE_RECIPE = {"height": 64, "width": 32, "lr": 0.02, "epochs": 40, "warmup": 6,
                 "milestones": (26, 33)}
 
@@ -253,14 +255,43 @@ def steps_mode(options):
                                        test["gallery_image_features_array"]])
     report["evaluation_features"] = project.relative_error(project_features,
                                                            reference["test_features"])
+    report["evaluation_of_the_reference_features"] = project.evaluate_reference_features(
+        dataframe, reference["test_features"], float(reference["mAP"]),
+        float(reference["cmc"][0]))
     trained = results["trained"]
     report["evaluation"] = {"project": {"mAP": trained["mAP"], "rank1": trained["rank1"]},
                             "reference": {"mAP": reference_result["mAP"],
                                           "rank1": reference_result["rank1"]}}
+    other = os.path.join(work, "reference_steps_float64.npz")
+    if not float64 and os.path.isfile(other):
+        report["reference_float32_vs_float64"] = _reference_noise(
+            values, num_classes, reference, np.load(other), gradient_layout, reference_final,
+            weights, sorted(statistics))
     with open(os.path.join(work, f"steps_report_{options.dtype}.json"), "w") as handle:
         json.dump(report, handle, indent=2, default=float)
     print_steps_report(report)
     return report
+
+
+def _reference_noise(values, num_classes, reference32, reference64, gradients32, final32,
+                     weights, statistics):
+    """The reference against itself, float32 against float64: the rounding noise floor."""
+    import project_side as project
+
+    gradients64, _ = project.reference_in_keras_layout(
+        values, num_classes, {key[len("grad/"):]: reference64[key] for key in reference64.files
+                              if key.startswith("grad/")})
+    final64, _ = project.reference_in_keras_layout(
+        values, num_classes, {key[len("state/"):]: reference64[key] for key in reference64.files
+                              if key.startswith("state/")})
+    return {
+        "first_step_gradients": _summary(project.compare_arrays(gradients32, gradients64)),
+        "weights_after_20_steps": _summary(project.compare_arrays(final32, final64, weights)),
+        "bn_statistics_after_20_steps": _summary(project.compare_arrays(final32, final64,
+                                                                        statistics)),
+        "evaluation_features": project.relative_error(reference32["test_features"],
+                                                      reference64["test_features"]),
+    }
 
 
 def print_steps_report(report):
@@ -281,6 +312,16 @@ def print_steps_report(report):
     print("learning rates:", report["learning_rates"])
     print(f"evaluation features relative error {report['evaluation_features']:.2e}; metrics",
           report["evaluation"])
+    print("the reference's final features evaluated by both evaluations:",
+          report["evaluation_of_the_reference_features"])
+    noise = report.get("reference_float32_vs_float64")
+    if noise:
+        print("noise floor, the reference float32 against float64:")
+        for key in ("first_step_gradients", "weights_after_20_steps",
+                    "bn_statistics_after_20_steps"):
+            print(f"  {key}: max {noise[key]['max']:.2e} ({noise[key]['worst']}), median "
+                  f"{noise[key]['median']:.2e}")
+        print(f"  evaluation_features: {noise['evaluation_features']:.2e}")
 
 
 # ------------------------------------------------------------------------------ sampler mode

@@ -234,6 +234,21 @@ def train_on_fixed_batches(values, batches_path, dtype=np.float32):
     return run_module.run_folder_path(values), results
 
 
+def evaluate_reference_features(dataframe, features, reference_map, reference_rank1):
+    """The project's evaluation (the flagfile's: normalised, squared euclidean, Market rules)
+    of the reference's test features (query rows first), next to the reference's R1_mAP."""
+    from reid_tf.evaluation.evaluator import EvaluationOptions, evaluate_features
+
+    query = dataframe[dataframe["split"] == "query"].reset_index(drop=True)
+    gallery = dataframe[dataframe["split"] == "gallery"].reset_index(drop=True)
+    options = EvaluationOptions(protocol="standard", metric="sqeuclidean", normalize=True,
+                                max_rank=50)
+    summary, _ = evaluate_features(query, gallery, features[:len(query)],
+                                   features[len(query):], options)
+    return {"project": {"mAP": float(summary["mAP"]), "rank1": float(summary["rank1"])},
+            "reference": {"mAP": reference_map, "rank1": reference_rank1}}
+
+
 def relative_error(value, reference):
     """``|value - reference| / |reference|`` (Frobenius norms; 0/0 counts as 0)."""
     value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)

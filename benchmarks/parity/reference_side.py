@@ -172,6 +172,9 @@ def command_train(options):
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     dtype = np.float64 if options.float64 else np.float32
+    if options.float64:
+        # Also the tensors the reference makes itself (the label-smoothing targets).
+        torch.set_default_dtype(torch.float64)
     batches = np.load(os.path.join(options.work_folder, "batches.npz"))
     images, labels = batches["images_nchw"].astype(dtype), batches["labels"]
     steps_per_epoch = [int(value) for value in batches["steps_per_epoch"]]
