@@ -96,6 +96,8 @@ def _arguments(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="steps/sampler: the seed")
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=TABLE_RECIPE["epochs"],
+                        help="table: epochs of every run (the recipe: 40; fewer for a smoke test)")
     parser.add_argument("--sides", default="reference,project",
                         help="table: which sides to run (finished runs are reused)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float64",
@@ -106,6 +108,9 @@ def _arguments(argv=None):
     parser.add_argument("--project_flags", default="",
                         help="table: extra solution.py flags (space-separated)")
     options = parser.parse_args(argv)
+    if options.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {options.epochs}")
+    TABLE_RECIPE["epochs"] = options.epochs
     if not os.path.isfile(os.path.join(options.reference_path, "train.py")):
         parser.error(f"--reference_path {options.reference_path} has no train.py")
     options.work_folder = os.path.abspath(options.work_folder)

@@ -82,7 +82,6 @@ def command_init(options):
 def command_sampler(options):
     import collections
 
-    import numpy as np
     from reid.data.market1501 import Market1501
     from reid.data.sampler import RandomIdentitySampler
 
