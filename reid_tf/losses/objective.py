@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from reid_tf.losses.classification import cross_entropy
 from reid_tf.losses.flipping import flipping_loss
+from reid_tf.losses.precision import at_least_float32
 from reid_tf.losses.triplet import batch_hard_triplet
 
 
@@ -45,7 +46,8 @@ class ObjectiveConfig:
 
 
 class Objective:
-    """``objective(outputs, labels) -> {"total": ..., "triplet": ..., ...}`` (float32)."""
+    """``objective(outputs, labels) -> {"total": ..., "triplet": ..., ...}`` (float32; float64
+    for a float64 model)."""
 
     # Outputs that describe one replica's part of the batch only (see the module docstring).
     per_replica_outputs = ("sam_scores",)
@@ -55,7 +57,7 @@ class Objective:
 
     def _triplet(self, embedding, labels):
         c = self.config
-        embedding = tf.cast(embedding, tf.float32)
+        embedding = at_least_float32(embedding)
         if c.cross_modality:
             from reid_tf.losses.cmnas import cross_modality_triplet
             return cross_modality_triplet(embedding, labels, margin=c.triplet_margin,
@@ -84,10 +86,10 @@ class Objective:
         if c.sam_mode != "none" and outputs.get("sam_scores") is not None:
             from reid_tf.losses.sam import spatial_alignment_loss
             losses["sam"] = c.sam_ratio * spatial_alignment_loss(
-                tf.cast(outputs["sam_scores"], tf.float32), local_labels, c.sam_mode)
+                at_least_float32(outputs["sam_scores"]), local_labels, c.sam_mode)
         if c.cross_modality and (c.sp_weight or c.cmmd_weight):
             from reid_tf.losses.cmnas import cmmd_loss, sp_loss
-            features = tf.cast((outputs.get("bnneck") or outputs["embeddings"])[0], tf.float32)
+            features = at_least_float32((outputs.get("bnneck") or outputs["embeddings"])[0])
             visible, infrared = tf.split(features, 2, axis=0)
             if c.sp_weight:
                 losses["sp"] = c.sp_weight * sp_loss(visible, infrared)

@@ -87,7 +87,33 @@ def linear_kernel_initializer(seed=None):
 # Batch normalisation
 # --------------------------------------------------------------------------------------------
 @keras.utils.register_keras_serializable(package="reid_tf")
-class FrozenBetaBatchNormalization(keras.layers.BatchNormalization):
+class TorchStatisticsBatchNormalization(keras.layers.BatchNormalization):
+    """Keras batch normalisation whose moving variance follows PyTorch on every code path.
+
+    PyTorch updates ``running_var`` with the *unbiased* batch variance (``n / (n - 1)`` times
+    the biased one, ``n`` the number of values per channel) and normalises with the biased one.
+    Keras's fused kernel (4-D inputs, float32/16-bit) already does the same; its non-fused path
+    (2-D inputs such as MSINet's BN1d heads, float64) updates with the biased variance. This
+    layer corrects that path, so both agree with ``torch.nn.BatchNorm{1,2}d``. The weights,
+    names and the fused path are those of ``keras.layers.BatchNormalization``.
+    """
+
+    _values_per_channel = None
+
+    def call(self, inputs, training=None, mask=None):  # noqa: D102 (Keras API)
+        self._values_per_channel = tf.reduce_prod(tf.shape(inputs)[:-1])
+        return super().call(inputs, training=training, mask=mask)
+
+    def _assign_moving_average(self, variable, value, momentum, inputs_size):
+        if not self.fused and variable is self.moving_variance \
+                and self._values_per_channel is not None:
+            count = tf.cast(self._values_per_channel, value.dtype)
+            value = value * count / tf.maximum(count - 1.0, 1.0)
+        return super()._assign_moving_average(variable, value, momentum, inputs_size)
+
+
+@keras.utils.register_keras_serializable(package="reid_tf")
+class FrozenBetaBatchNormalization(TorchStatisticsBatchNormalization):
     """Batch normalisation whose shift β exists but is not trainable (stays at its value, 0).
 
     Used for the two BN1d heads (BNNeck) of MSINet, whose PyTorch bias has
@@ -103,7 +129,8 @@ class FrozenBetaBatchNormalization(keras.layers.BatchNormalization):
 
 
 def default_batch_norm(name, frozen_beta=False):
-    """Default BN factory: Keras BN with PyTorch hyper-parameters (momentum 0.9, epsilon 1e-5).
+    """Default BN factory: Keras BN with PyTorch hyper-parameters (momentum 0.9, epsilon 1e-5)
+    and PyTorch's moving-variance update (:class:`TorchStatisticsBatchNormalization`).
 
     Args:
       name: layer name (e.g. ``"cells_0_conv1a_bn"``).
@@ -115,7 +142,7 @@ def default_batch_norm(name, frozen_beta=False):
     Any replacement factory must accept the same arguments and return a callable mapping one
     tensor to one tensor (it may be a closure over extra inputs, e.g. a modality switch).
     """
-    layer_class = FrozenBetaBatchNormalization if frozen_beta else keras.layers.BatchNormalization
+    layer_class = FrozenBetaBatchNormalization if frozen_beta else TorchStatisticsBatchNormalization
     return layer_class(axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
