@@ -117,3 +117,20 @@ def test_losses_keep_float64_and_lift_16_bit_to_float32():
                 + triplet(embeddings[0]) + triplet(embeddings[1]))
     np.testing.assert_allclose(float(losses["total"]), expected, rtol=1e-12)
     assert cross_entropy(tf.constant(logits), labels, 0.1).dtype == tf.float64
+
+
+def test_float64_policy_builds_float64_heads():
+    """The parity checks run MSINet in float64: under a float64 policy the heads stay float64
+    (float32_policy only widens 16-bit policies)."""
+    import numpy as np
+    import tf_keras as keras
+    from reid_tf.models.msinet import build_msinet
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float64")
+    try:
+        training_model, inference_model = build_msinet("msmt", 10, (64, 32, 3))
+        outputs = training_model(np.zeros((2, 64, 32, 3)), training=False)
+        assert outputs["logits"][0].dtype == "float64"
+        assert inference_model(np.zeros((2, 64, 32, 3))).dtype == "float64"
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
