@@ -26,7 +26,7 @@ import numpy as np
 from reid_tf.data.registry import DatasetError
 from reid_tf.runtime.choices import RESIZE_INTERPOLATIONS
 
-__all__ = ["ImageReadError", "ImageCache", "read_image", "check_image_size"]
+__all__ = ["ImageReadError", "ImageCache", "read_image", "resize_array", "check_image_size"]
 
 
 class ImageReadError(DatasetError):
@@ -41,19 +41,35 @@ def check_image_size(height, width):
     return int(height), int(width)
 
 
+def _check_resize(resize):
+    if resize not in RESIZE_INTERPOLATIONS:
+        raise ValueError(f"--resize_interpolation={resize!r}: expected one of "
+                         f"{', '.join(RESIZE_INTERPOLATIONS)}.")
+
+
+def resize_array(image, height, width, resize="opencv_bilinear"):
+    """An RGB ``uint8`` ``(h, w, 3)`` array resized to ``(height, width)`` as
+    :func:`read_image` resizes a decoded file (the same OpenCV or Pillow filter)."""
+    _check_resize(resize)
+    image = np.asarray(image)
+    if image.shape[0] == height and image.shape[1] == width:
+        return np.ascontiguousarray(image, dtype=np.uint8)
+    if resize == "opencv_bilinear":
+        return np.ascontiguousarray(cv2.resize(image, (width, height)), dtype=np.uint8)
+    from PIL import Image
+    method = Image.Resampling.BILINEAR if resize == "pil_bilinear" else Image.Resampling.LANCZOS
+    return np.asarray(Image.fromarray(image).resize((width, height), method), dtype=np.uint8)
+
+
 def _read_pil(path, height, width, resize):
     from PIL import Image
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
-            if image.size != (width, height):
-                method = Image.Resampling.BILINEAR if resize == "pil_bilinear" \
-                    else Image.Resampling.LANCZOS
-                image = image.resize((width, height), method)
-            return np.asarray(image, dtype=np.uint8)
+            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"Cannot read image file {path!r}: Pillow could not decode it "
                              f"({error}).") from None
+    return resize_array(pixels, height, width, resize)
 
 
 def read_image(path, height, width, resize="opencv_bilinear"):
@@ -71,9 +87,7 @@ def read_image(path, height, width, resize="opencv_bilinear"):
         ValueError: ``height`` or ``width`` is not a positive integer, or ``resize`` unknown.
     """
     height, width = check_image_size(height, width)
-    if resize not in RESIZE_INTERPOLATIONS:
-        raise ValueError(f"--resize_interpolation={resize!r}: expected one of "
-                         f"{', '.join(RESIZE_INTERPOLATIONS)}.")
+    _check_resize(resize)
     if isinstance(path, bytes):
         path = path.decode("utf-8")
     path = str(os.fspath(path))

@@ -85,6 +85,25 @@ class FeatureExtractor:
             return np.zeros((0, 0), np.float32)
         return np.concatenate(chunks, axis=0)
 
+    def extract_arrays(self, images, mode=0):
+        """Features of RGB ``uint8`` images ``(N, height, width, 3)`` already at the model's
+        size (normalised and batched as image files are, flip averaging included)."""
+        from reid_tf.data.augmentation import normalize_image
+
+        def run(flip):
+            chunks = []
+            for start in range(0, len(images), self.batch_size):
+                batch = images[start:start + self.batch_size]
+                if flip:
+                    batch = batch[:, :, ::-1]
+                batch = np.stack([normalize_image(np.ascontiguousarray(image))
+                                  for image in batch])
+                chunks.append(self._predict(batch, int(mode)).numpy())
+            return np.concatenate(chunks, axis=0) if chunks else np.zeros((0, 0), np.float32)
+
+        features = run(False)
+        return 0.5 * (features + run(True)) if self.flip else features
+
     def _extract_group(self, dataframe, mode):
         features = self._run(dataframe, False, mode)
         if self.flip:

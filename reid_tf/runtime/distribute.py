@@ -183,6 +183,18 @@ def worker_task(strategy):
     return resolver.task_type, int(resolver.task_id or 0)
 
 
+def worker_position(strategy):
+    """``(index, count)`` of this process among the machines of a run (the ``chief`` task
+    first, then the workers in order; ``(0, 1)`` on one machine)."""
+    task_type, task_id = worker_task(strategy)
+    if task_type is None:
+        return 0, 1
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    chiefs = len(cluster.get("chief", []))
+    count = chiefs + len(cluster.get("worker", []))
+    return (task_id if task_type == "chief" else chiefs + task_id), count
+
+
 def is_chief(strategy):
     """Whether this process writes the outputs: the ``chief`` task, or worker 0 of a cluster
     without a chief, or the only process of a one-machine run."""
