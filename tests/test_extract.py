@@ -105,8 +105,8 @@ def test_extraction_resumes_and_reports_unreadable_images(trained, tmp_path):
     resumed = extract_to_folder(extractor, table, str(tmp_path / "resumed"), chunk_size=5,
                                 verbose=0)
     assert resumed.resumed_rows == 10 and [p for p, _ in resumed.unreadable] == [str(broken)]
-    first, first_table = FeaturesFolder(str(tmp_path / "straight")).read()
-    second, second_table = FeaturesFolder(str(tmp_path / "resumed")).read()
+    first, first_table = FeaturesFolder(str(tmp_path / "straight")).load()
+    second, second_table = FeaturesFolder(str(tmp_path / "resumed")).load()
     np.testing.assert_array_equal(first, second)
     assert first_table["path"].tolist() == second_table["path"].tolist()
     assert str(broken) not in first_table["path"].tolist() and len(first_table) == 22
@@ -126,7 +126,7 @@ def test_extract_command_line_and_its_errors(trained, tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     from reid_tf.retrieval.features_folder import FeaturesFolder
-    features, table = FeaturesFolder(str(tmp_path / "features")).read()
+    features, table = FeaturesFolder(str(tmp_path / "features")).load()
     assert features.shape[0] == 6 and table["path"].is_monotonic_increasing
     failed = subprocess.run(command[:3] + ["--images_folder=/no/such/folder",
                                            f"--features_folder={tmp_path / 'x'}"],

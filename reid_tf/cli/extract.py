@@ -16,7 +16,7 @@ a folder (recursive, sorted paths), a custom-dataset CSV (``--images_csv``, ever
 registered dataset's split. The features folder (:mod:`reid_tf.retrieval.features_folder`) is
 written chunk by chunk (``--chunk_size`` images): running the same command again after an
 interruption resumes after the last complete chunk. Images that cannot be read are reported by
-path (count and list, and ``unreadable.csv`` in the features folder) and left out; nothing is
+path (count and list, and ``unreadable_WWW.csv`` per worker in the features folder) and left out; nothing is
 skipped silently. Under ``--strategy`` each worker extracts its contiguous share of the
 images into its own chunks (the index reads them all); ``mirrored`` cuts every batch over the
 local devices.
@@ -31,7 +31,6 @@ from absl import flags
 from reid_tf.cli import app as cli_app
 from reid_tf.cli import settings as cli_settings
 from reid_tf.cli.validation import flag_given
-from reid_tf.flags import define_flags
 from reid_tf.runtime.errors import UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -40,9 +39,9 @@ FLAGS = flags.FLAGS
 
 
 def define_extract_flags():
-    """``solution.py``'s flags (they define a model given by ``--weights_file_path``) and the
-    extraction's own."""
-    define_flags()
+    """The extraction's own flags; ``solution.py``'s (they define a model given by
+    ``--weights_file_path``) are defined first by the entry module (``reid_tf.extract``:
+    ``reid_tf.flags`` sits above this package)."""
     if "features_folder" in FLAGS:
         return
     flags.DEFINE_string("run_folder", "", "A solution.py run folder: the model of its "
