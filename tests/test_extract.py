@@ -128,7 +128,7 @@ def test_extract_command_line_and_its_errors(trained, tmp_path):
     from reid_tf.retrieval.features_folder import FeaturesFolder
     features, table = FeaturesFolder(str(tmp_path / "features")).load()
     assert features.shape[0] == 6 and table["path"].is_monotonic_increasing
-    failed = subprocess.run(command[:3] + ["--images_folder=/no/such/folder",
+    failed = subprocess.run(command[:4] + ["--images_folder=/no/such/folder",
                                            f"--features_folder={tmp_path / 'x'}"],
                             cwd=ROOT, env=environment, capture_output=True, text=True,
                             timeout=300)
