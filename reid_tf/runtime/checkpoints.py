@@ -223,3 +223,74 @@ def print_report(report, stream=None):
               file=stream)
         for name in report.unassigned:
             print(f"  {name}", file=stream)
+
+
+def _h5_weights(file_path):
+    """``{layer name: [(weight name, dataset array), ...]}`` of a Keras ``save_weights`` HDF5
+    file (the tf-keras layout: ``layer_names`` at the root, ``weight_names`` per layer)."""
+    import h5py
+
+    def text(value):
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    result = collections.OrderedDict()
+    try:
+        with h5py.File(file_path, "r") as archive:
+            group = archive["model_weights"] if "model_weights" in archive else archive
+            if "layer_names" not in group.attrs:
+                raise ConversionError(f"{file_path}: not a Keras weights file (no layer_names).")
+            for layer_name in map(text, group.attrs["layer_names"]):
+                layer_group = group[layer_name]
+                names = [text(name) for name in layer_group.attrs.get("weight_names", [])]
+                if names:
+                    result[layer_name] = [(name, np.asarray(layer_group[name])) for name in names]
+    except OSError as error:
+        raise ConversionError(f"Cannot read weights file {file_path}: {error}") from error
+    return result
+
+
+def load_h5_by_name_and_shape(model, file_path, assign=True):
+    """Copy the tensors of a Keras ``.h5`` weights file into ``model`` by layer name and
+    shape, like the references' ``copy_state_dict``: a weight whose layer is in the file with
+    a tensor of the same name (or, when the layer has as many weights as the file's, the same
+    position) and the same shape is loaded; every other weight keeps its value and is listed.
+
+    Returns a :class:`ConversionReport` (``assigned``: (model weight, file tensor);
+    ``skipped``: (file tensor, shape reason); ``unused``: file tensors not loaded (those of
+    ``skipped`` included);
+    ``unassigned``: model weights left as they were). ``assign=False`` only works out the
+    report.
+    """
+    saved = _h5_weights(file_path)
+    assigned, skipped, unassigned = [], [], []
+    pending = []
+    for layer in model.layers:
+        weights = list(layer.trainable_weights) + list(layer.non_trainable_weights)
+        if not weights:
+            continue
+        entries = saved.get(layer.name)
+        if entries is None:
+            unassigned.extend(weight.name for weight in weights)
+            continue
+        by_name = {name: (name, value) for name, value in entries}
+        for position, weight in enumerate(weights):
+            entry = by_name.get(weight.name)
+            if entry is None and len(entries) == len(weights):
+                entry = entries[position]
+            if entry is None:
+                unassigned.append(weight.name)
+                continue
+            key = f"{layer.name}/{entry[0]}"
+            if tuple(entry[1].shape) != tuple(weight.shape):
+                skipped.append((key, f"shape {tuple(entry[1].shape)} does not fit {weight.name} "
+                                     f"{tuple(weight.shape)}"))
+                unassigned.append(weight.name)
+                continue
+            pending.append((weight, entry[1]))
+            assigned.append((weight.name, key))
+    for weight, value in pending if assign else ():
+        weight.assign(value.astype(weight.dtype.as_numpy_dtype))
+    loaded = {key for _, key in assigned}
+    unused = [f"{layer}/{name}" for layer, entries in saved.items() for name, _ in entries
+              if f"{layer}/{name}" not in loaded]
+    return ConversionReport(assigned, skipped, unused, unassigned)
