@@ -96,3 +96,8 @@ def test_market1501_to_msmt17_flagfile_from_another_class_count(tmp_path):
     assert results["target"]["mAP"] == pytest.approx(target["mAP"])
     source_record = json.loads((run_folder / "evaluation.json").read_text())
     assert source_record["dataset_name"] == "Market1501" and source_record["num_query"] == 2
+    # Market-1501's junk identity -1 (one train, one gallery image) is left out, said aloud.
+    recorded = json.loads((run_folder / "results.json").read_text())
+    assert [(r["source"], r["identities"], r["images"]) for r in recorded["left_out"]] == [
+        ("Market1501", 1, 2)]
+    assert recorded["pretrained"]["not_loaded"] == summary["not_loaded"]

@@ -199,7 +199,14 @@ def _trainer(values, models, data, evaluator, folder, strategy):
 
 
 def _run(values, strategy, folder):
-    """:func:`run` after the strategy and the folders are set up."""
+    """:func:`run` after the strategy and the folders are set up. What the loaders and the
+    sampler leave out is logged and recorded in ``results.json`` (``left_out``)."""
+    from reid_tf.data.left_out import collect_left_out
+    with collect_left_out() as left_out:
+        return _run_collecting(values, strategy, folder, left_out)
+
+
+def _run_collecting(values, strategy, folder, left_out):
     run_folder = folder.path
     protocol = dataset_protocol(values.dataset_name)
     dataframe = load_dataset(values.dataset_name, values.root_folder_path,
@@ -231,6 +238,7 @@ def _run(values, strategy, folder):
 
     if values.evaluation_only:
         results["evaluation"] = evaluator(models.inference_model, "evaluation")
+        results["left_out"] = list(left_out)
         export_models(models, run_folder, values.export_formats, weights_saved=False)
         print("All done!")
         return results
@@ -267,6 +275,7 @@ def _run(values, strategy, folder):
                                       target_protocol, main_dataset=False)
         results["target"] = target_evaluator(models.inference_model, "target")
     export_models(models, run_folder, values.export_formats)
+    results["left_out"] = list(left_out)
     if "untrained" in results and "trained" in results:
         print_comparison(results["untrained"], results["trained"])
     with open(os.path.join(run_folder, "results.json"), "w") as handle:
