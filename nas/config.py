@@ -96,6 +96,7 @@ class SearchConfig:
     bn_split_warmup_epochs: int = 10
     bn_split_backbone_lr_multiplier: float = 0.1
     bn_split_backbone_weights_file_path: str = ""
+    allow_pickle: bool = False
     bn_split_genotype: str = "msmt"
     bn_split_ema_decay: float = 0.0
     bn_split_ema_reset_epochs: int = 0

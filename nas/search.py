@@ -169,6 +169,9 @@ def define_search_flags():
     flags.DEFINE_string("bn_split_backbone_weights_file_path", "",
                         "bn_split: ImageNet ResNet-50 (torchvision .pth or tf2cv .h5) copied "
                         "into all three BN sets (cmnas_resnet50 only).")
+    flags.DEFINE_bool("allow_pickle", False,
+                      "bn_split: read a --bn_split_backbone_weights_file_path that needs pickle "
+                      "(it executes Python code stored in the file): trusted files only.")
     flags.DEFINE_string("bn_split_genotype", "msmt",
                         "bn_split with --bn_split_backbone=msinet: the MSINet genotype (name or "
                         "JSON file).")
@@ -220,7 +223,7 @@ def config_from_flags(values):
         bn_split_warmup_epochs=values.bn_split_warmup_epochs,
         bn_split_backbone_lr_multiplier=values.bn_split_backbone_learning_rate_multiplier,
         bn_split_backbone_weights_file_path=values.bn_split_backbone_weights_file_path,
-        bn_split_genotype=values.bn_split_genotype,
+        bn_split_genotype=values.bn_split_genotype, allow_pickle=bool(values.allow_pickle),
         bn_split_ema_decay=values.bn_split_ema_decay,
         bn_split_ema_reset_epochs=values.bn_split_ema_reset_epochs)
     for field, value in SPACE_DEFAULTS.get(values.search_space, {}).items():

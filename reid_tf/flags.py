@@ -118,6 +118,10 @@ def define_flags():
     _define_once(flags.DEFINE_string, "pretrained_model_file_path", "",
                         ".h5 weights loaded into the training model (or the inference model).")
     # ---- new in reid-tf
+    _define_once(flags.DEFINE_bool, "allow_pickle", False,
+                 "Read .pth files that need pickle (it executes Python code stored in the "
+                 "file): for trusted files only. Without it such a file is refused with its "
+                 "path and the reason.")
     _define_once(flags.DEFINE_string, "backbone_weights_file_path", "",
                         "Local ImageNet weights for the backbone (tf2cv .tf2.h5 for the "
                         "FlipReID backbones; torchvision/tf2cv ResNet-50 for cmnas_resnet50). "

@@ -182,6 +182,10 @@ def test_sysu_run_writes_metrics_of_post_and_pre_bnneck_features(tmp_path, monke
     record = json.loads((run_folder / "evaluation.json").read_text())
     assert record["protocol"] == "sysu_mm01" and record["tag"] == "training_B_epoch2"
     assert record["num_trials"] == 10 and len(record["trials"]) == 10
+    for key in ("rank1", "mAP", "mINP"):  # mean ± sample std over the 10 gallery draws
+        values = [trial[key] for trial in record["trials"]]
+        assert record[key] == pytest.approx(np.mean(values))
+        assert record["over_trials"]["std"][key] == pytest.approx(np.std(values, ddof=1))
     assert results["trained"]["rank1"] == record["rank1"]
     assert (run_folder / "training_model.h5").is_file()
     # EMA -> live reset every epoch but after the last: the epoch-1 checkpoint holds live
@@ -303,6 +307,9 @@ def test_regdb_run_one_step_groups_ema_and_metrics(tmp_path, monkeypatch, cache_
     # evaluation.json: both directions, post- and pre-BNNeck, recomputed from features.
     record = json.loads((run_folder / "evaluation.json").read_text())
     assert record["protocol"] == "regdb" and results["trained"]["mAP"] == record["mAP"]
+    both = [record["mAP"], record["reverse_direction"]["mAP"]]
+    assert record["both_directions"]["mean"]["mAP"] == pytest.approx(np.mean(both))
+    assert record["both_directions"]["std"]["mAP"] == pytest.approx(np.std(both, ddof=1))
     frame = load_tiny("Synthetic_RegDB", cache_folder)
     query = frame[frame["split"] == "query"].reset_index(drop=True)
     gallery = frame[frame["split"] == "gallery"].reset_index(drop=True)

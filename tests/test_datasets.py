@@ -69,7 +69,7 @@ def test_market1501_rows_junk_dropped_distractors_kept(tmp_path, caplog):
         (f"{base}/bounding_box_test/0002_c5s2_000010_01.jpg", 2, 5),
         (f"{base}/bounding_box_test/0007_c1s1_000030_02.jpg", 7, 1)]
     assert -1 not in set(dataframe["identity_ID"])
-    assert "dropped 2 images of the junk identity -1" in caplog.text
+    assert "left out 1 identities and 2 images: images of the junk identity -1" in caplog.text
     assert "train 1, gallery 1" in caplog.text
     assert ".JPG" in caplog.text  # the skipped image-like file is reported
 
@@ -211,7 +211,7 @@ def test_veri776_rows_and_range_checks(tmp_path, caplog):
     assert rows(dataframe, root, "gallery") == [
         ("VeRi/image_test/0000_c004_00000001_1.jpg", 0, 4),
         ("VeRi/image_test/0776_c019_00001000_0.jpg", 776, 19)]
-    assert "dropped 1 images" in caplog.text
+    assert "left out 1 identities and 1 images" in caplog.text
     for bad_name in ("0777_c001_00000001_0.jpg", "0001_c021_00000001_0.jpg",
                      "0001_c000_00000001_0.jpg", "vehicle.jpg"):
         bad = trees.write_image(os.path.join(folder, "image_test", bad_name))

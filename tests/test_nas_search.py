@@ -213,24 +213,50 @@ def test_bfloat16_search_computes_in_bfloat16_and_keeps_alpha_and_memories_float
     assert 0.0 < float(row["mAP"]) <= 1.0
 
 
-def test_solution_trains_the_searched_genotype(searched, dataset_root, tmp_path):
+def test_solution_trains_the_searched_genotype(searched, dataset_root, tmp_path, monkeypatch):
+    """The network solution.py trains is built from the searched genotype: every interaction
+    point holds the operation the genotype names, and training_model.h5 holds its weights."""
+    from helpers import run_solution
+    from reid_tf.cli import train as train_module
+    from reid_tf.cli.settings import model_settings
+    from reid_tf.flags import FLAGS
+    from reid_tf.models.msinet_ops import OP_CLASSES
     genotype_file = os.path.join(searched["folder"], "genotype.json")
-    completed = _run([
-        sys.executable, "solution.py", "--dataset_name=Market1501",
-        f"--root_folder_path={dataset_root}", "--backbone_model_name=msinet",
-        f"--genotype_file_path={genotype_file}", "--epoch_num=1", "--steps_per_epoch=1",
-        "--image_height=64", "--image_width=32", "--identity_num_per_batch=2",
-        "--image_num_per_identity=2", "--testing_size=0", "--freeze_backbone_for_N_epochs=0",
-        "--optimizer_name=sgd", "--learning_rate_mode=warmup_multistep",
-        "--learning_rate_base=0.065", "--weight_decay=5e-4", "--triplet_margin=0.3",
-        "--label_smoothing=0.1", "--sampler_policy=msinet", "--augmentation_recipe=msinet",
-        "--workers=1", f"--output_folder_path={tmp_path}"])
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    genotype = load_genotype(genotype_file)
+    built = []
+
+    def spy(*args, **kwargs):
+        result = build_models(*args, **kwargs)
+        built.append(result[0])
+        return result
+
+    build_models = train_module.build_models
+    monkeypatch.setattr(train_module, "build_models", spy)
+    run_solution(
+        "--dataset_name=Market1501", f"--root_folder_path={dataset_root}",
+        "--backbone_model_name=msinet", f"--genotype_file_path={genotype_file}",
+        "--epoch_num=1", "--steps_per_epoch=1", "--image_height=64", "--image_width=32",
+        "--identity_num_per_batch=2", "--image_num_per_identity=2", "--testing_size=0",
+        "--freeze_backbone_for_N_epochs=0", "--optimizer_name=sgd",
+        "--learning_rate_mode=warmup_multistep", "--learning_rate_base=0.065",
+        "--weight_decay=5e-4", "--triplet_margin=0.3", "--label_smoothing=0.1",
+        "--sampler_policy=msinet", "--augmentation_recipe=msinet", "--workers=1",
+        f"--output_folder_path={tmp_path}")
+    (models,) = built
+    # The 12 interaction points in genotype order: stage s holds cells 3s and 3s+1 (cells 2
+    # and 5 are transitions), each with its op2 and op3.
+    points = [f"cells_{cell}_{op}" for cell in (0, 1, 3, 4, 6, 7) for op in ("op2", "op3")]
+    built_ops = [type(models.training_model.get_layer(point)) for point in points]
+    assert built_ops == [OP_CLASSES[name] for name in genotype]
     run_folder = tmp_path / "Market1501_msinet"
-    assert (run_folder / "training_model.h5").is_file()
     with open(run_folder / "history.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 1 and np.isfinite(float(rows[0]["loss"]))
+    num_classes = models.training_model.get_layer("classifier").units
+    reloaded = build_models(model_settings(FLAGS), num_classes)[0]
+    reloaded.training_model.load_weights(str(run_folder / "training_model.h5"))
+    for trained, saved in zip(models.training_model.weights, reloaded.training_model.weights):
+        np.testing.assert_array_equal(trained.numpy(), saved.numpy(), err_msg=trained.name)
 
 
 def test_command_line_flagfiles():

@@ -30,6 +30,12 @@ def test_linear_cosine_warmup_constant_modes_and_floor():
                                   lower_bound=0)
     assert cosine(5) == pytest.approx(5.5e-4)
     assert cosine(0) == pytest.approx(1e-3) and cosine(10) == pytest.approx(1e-4)
+    # Where cosine and linear differ (by hand: 5.5e-4 +- 4.5e-4 * cos(0.2 pi), cos(0.2 pi) =
+    # 0.80901699; linear gives 8.2e-4 and 2.8e-4 there).
+    assert cosine(2) == pytest.approx(9.1405765e-4, rel=1e-7)
+    assert cosine(8) == pytest.approx(1.8594235e-4, rel=1e-7)
+    assert cosine(1) == pytest.approx(5.5e-4 + 4.5e-4 * 0.95105652, rel=1e-7)
+    assert linear(2) == pytest.approx(8.2e-4) and linear(8) == pytest.approx(2.8e-4)
     warmup = LearningRateSchedule(mode="warmup", start=1e-4, end=1e-3, warmup_epochs=4,
                                   lower_bound=0)
     assert [warmup(e) for e in range(5)] == pytest.approx([1e-4, 4e-4, 7e-4, 1e-3, 1e-3])

@@ -193,7 +193,9 @@ class BnSplitSearchSpace(SearchSpace):
             if config.bn_split_backbone_weights_file_path:
                 from reid_tf.models.cmnas_imagenet import load_imagenet_weights
                 load_imagenet_weights(models.training_model,
-                                      config.bn_split_backbone_weights_file_path)
+                                      config.bn_split_backbone_weights_file_path,
+                                      allow_pickle=config.allow_pickle,
+                                      flag="--bn_split_backbone_weights_file_path")
             return models, cmnas
         if config.bn_split_backbone == "msinet":
             if config.bn_split_backbone_weights_file_path:

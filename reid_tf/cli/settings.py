@@ -56,7 +56,7 @@ def model_settings(values):
         genotype_file_path=values.genotype_file_path,
         cmnas_config_file_path=values.cmnas_config_file_path,
         switchable_config_file_path=switchable,
-        sam=values.sam_mode != "none")
+        sam=values.sam_mode != "none", allow_pickle=bool(values.allow_pickle))
 
 
 def evaluation_settings(values):

@@ -53,7 +53,15 @@ def run_folder_path(values):
 
 def load_pretrained_weights(weight_targets, file_path):
     """Load ``.h5`` weights into the first of ``weight_targets`` (models sharing their layers:
-    training model, plain training model, inference model) whose layout fits the file."""
+    training model, plain training model, inference model) whose layout fits the file.
+
+    When none fits exactly (a classifier for another number of identities, SAM added), the
+    tensors are copied by layer name and shape like the references' ``copy_state_dict``
+    (:func:`reid_tf.runtime.checkpoints.load_h5_by_name_and_shape`) into the target that takes
+    the most of them, and every weight left as it was and every file tensor not loaded is
+    listed by name. Returns a summary for ``results.json``.
+    """
+    from reid_tf.runtime.checkpoints import load_h5_by_name_and_shape
     file_path = os.path.expanduser(file_path)
     if not os.path.isfile(file_path):
         raise FileNotFoundError(f"--pretrained_model_file_path: no such file {file_path}.")
@@ -62,11 +70,33 @@ def load_pretrained_weights(weight_targets, file_path):
         try:
             model.load_weights(file_path)
             print(f"Loaded weights from {file_path} into {model.name}.")
-            return model.name
+            return {"file": file_path, "model": model.name, "match": "exact"}
         except (ValueError, KeyError, OSError) as error:
             errors.append(f"{model.name}: {error}")
-    raise ValueError(f"--pretrained_model_file_path={file_path} does not fit this model "
-                     f"({weight_targets[0].name}): " + " | ".join(errors))
+    reports = [load_h5_by_name_and_shape(model, file_path, assign=False)
+               for model in weight_targets]
+    best = max(range(len(reports)), key=lambda index: len(reports[index].assigned))
+    model, report = weight_targets[best], reports[best]
+    if not report.assigned:
+        raise ValueError(f"--pretrained_model_file_path={file_path} does not fit this model "
+                         f"({weight_targets[0].name}): no tensor matches by name and shape; "
+                         + " | ".join(errors))
+    report = load_h5_by_name_and_shape(model, file_path)
+    print(f"{file_path} does not fit {model.name} exactly; copied by layer name and shape: "
+          f"{len(report.assigned)} of {len(model.weights)} weights loaded.")
+    if report.unassigned:
+        print(f"{len(report.unassigned)} weights of {model.name} not in the file or of another "
+              "shape, left at their initial value:")
+        for name in report.unassigned:
+            print(f"  {name}")
+    if report.unused:
+        reasons = dict(report.skipped)
+        print(f"{len(report.unused)} tensors of the file not loaded:")
+        for key in report.unused:
+            print(f"  {key}" + (f": {reasons[key]}" if key in reasons else ": no such weight"))
+    return {"file": file_path, "model": model.name, "match": "by_name_and_shape",
+            "loaded": len(report.assigned), "not_loaded": list(report.unassigned),
+            "file_tensors_not_loaded": list(report.unused)}
 
 
 def save_weights(models, weight_targets, run_folder):
@@ -169,7 +199,14 @@ def _trainer(values, models, data, evaluator, folder, strategy):
 
 
 def _run(values, strategy, folder):
-    """:func:`run` after the strategy and the folders are set up."""
+    """:func:`run` after the strategy and the folders are set up. What the loaders and the
+    sampler leave out is logged and recorded in ``results.json`` (``left_out``)."""
+    from reid_tf.data.left_out import collect_left_out
+    with collect_left_out() as left_out:
+        return _run_collecting(values, strategy, folder, left_out)
+
+
+def _run_collecting(values, strategy, folder, left_out):
     run_folder = folder.path
     protocol = dataset_protocol(values.dataset_name)
     dataframe = load_dataset(values.dataset_name, values.root_folder_path,
@@ -189,17 +226,19 @@ def _run(values, strategy, folder):
         model=model_settings, evaluation=cli_settings.evaluation_settings(values),
         num_classes=len(label_map), cross_modality=cross_modality,
         dataset_name=values.dataset_name))
+    results = {}
     if values.pretrained_model_file_path:
-        load_pretrained_weights(weight_targets, values.pretrained_model_file_path)
+        results["pretrained"] = load_pretrained_weights(weight_targets,
+                                                        values.pretrained_model_file_path)
 
     evaluator = None
     if values.testing_size != 0:
         evaluator = _evaluator(values, values.dataset_name, values.root_folder_path, dataframe,
                                run_folder, protocol, values.testing_size)
 
-    results = {}
     if values.evaluation_only:
         results["evaluation"] = evaluator(models.inference_model, "evaluation")
+        results["left_out"] = list(left_out)
         export_models(models, run_folder, values.export_formats, weights_saved=False)
         print("All done!")
         return results
@@ -236,6 +275,7 @@ def _run(values, strategy, folder):
                                       target_protocol, main_dataset=False)
         results["target"] = target_evaluator(models.inference_model, "target")
     export_models(models, run_folder, values.export_formats)
+    results["left_out"] = list(left_out)
     if "untrained" in results and "trained" in results:
         print_comparison(results["untrained"], results["trained"])
     with open(os.path.join(run_folder, "results.json"), "w") as handle:

@@ -172,6 +172,11 @@ def _check_model_flags(values, cross_modality):
         _check(backbone in ("msinet", "cmnas_resnet50"),
                f"--cmnas_config_file_path: {backbone} has no switchable BNs (cmnas_resnet50, or "
                "msinet on visible-infrared data).")
+    weights = values.backbone_weights_file_path
+    _check(not values.allow_pickle or (backbone == "cmnas_resnet50" and weights
+                                       and not weights.endswith((".h5", ".npz"))),
+           "--allow_pickle: only a PyTorch .pth --backbone_weights_file_path of "
+           "cmnas_resnet50 is read with torch in this run; nothing would be unpickled.")
     _check(not (backbone == "msinet" and values.backbone_weights_file_path),
            "--backbone_weights_file_path is not used by msinet; load converted reference "
            "weights with --pretrained_model_file_path.")

@@ -24,6 +24,9 @@ flags.DEFINE_integer("num_classes", 0,
 flags.DEFINE_integer("image_height", 256, "Input height of the built model.")
 flags.DEFINE_integer("image_width", 128, "Input width of the built model.")
 flags.DEFINE_bool("sam", False, "MSINet: build with the SAM module (cross-domain checkpoints).")
+flags.DEFINE_bool("allow_pickle", False,
+                  "Read a checkpoint that needs pickle (it executes Python code stored in the "
+                  "file): for trusted files only. Without it such a file is refused.")
 flags.mark_flags_as_required(["architecture", "source_file_path", "output_file_path"])
 
 FLAGS = flags.FLAGS
@@ -32,7 +35,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     module = importlib.import_module(ARCHITECTURES[FLAGS.architecture])
-    state_dict = load_state_dict(FLAGS.source_file_path, state_dict_key=FLAGS.state_dict_key)
+    state_dict = load_state_dict(FLAGS.source_file_path, state_dict_key=FLAGS.state_dict_key,
+                                 allow_pickle=FLAGS.allow_pickle)
     options = {name: FLAGS[name].value for name in module.DEFAULTS}
     report = module.convert(state_dict, FLAGS.output_file_path, **options)
     print_report(report)

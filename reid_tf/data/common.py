@@ -8,6 +8,7 @@ logged on the ``reid_tf.data`` logger.
 import logging
 import os
 
+from reid_tf.data.left_out import report_left_out
 from reid_tf.data.registry import DatasetError, make_dataframe, validate_dataframe
 
 LOGGER = logging.getLogger("reid_tf.data")
@@ -91,9 +92,10 @@ def list_jpg_files(dataset_name, folder):
             elif os.path.splitext(entry.name)[1].lower() in _IMAGE_LIKE_EXTENSIONS:
                 other_images.append(entry.name)
     if other_images:
-        LOGGER.warning("%s: ignored %d image-like files without the .jpg extension in %s "
-                       "(only *.jpg is read), e.g. %s.", dataset_name, len(other_images), folder,
-                       sorted(other_images)[0])
+        report_left_out(dataset_name, None, len(other_images),
+                        f"image-like files without the .jpg extension in {folder} (only *.jpg "
+                        f"is read, as in the reference loaders), e.g. {sorted(other_images)[0]}",
+                        "rename them to .jpg to read them")
     return [os.path.join(folder, name) for name in sorted(jpg_names)]
 
 
@@ -266,7 +268,8 @@ def load_split_folders(dataset_name, dataset_folder, parse_file_path, split_fold
                 f"{dataset_name}: cannot parse identity and camera from the file name "
                 f"{unparsable[0]}{others}.")
     if dropped:
-        LOGGER.warning("%s: dropped %d images of the junk identity %d (%s).", dataset_name,
-                       sum(dropped.values()), junk_identity,
-                       ", ".join(f"{split} {count}" for split, count in dropped.items()))
+        report_left_out(dataset_name, 1, sum(dropped.values()),
+                        f"images of the junk identity {junk_identity} ("
+                        + ", ".join(f"{split} {count}" for split, count in dropped.items())
+                        + "), as in the reference loaders")
     return rows

@@ -46,6 +46,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 
+from reid_tf.data.left_out import report_left_out
 from reid_tf.runtime.choices import SAMPLER_POLICIES
 
 __all__ = ["PKSampler", "CrossModalitySampler", "SAMPLER_POLICIES"]
@@ -290,8 +291,17 @@ class PKSampler(_BatchStream):
         self._rows, self._values = _rows_and_identities(identities, "identities")
         self._groups = _groups_in_first_appearance_order(self._rows, self._values)
         self._fingerprint = _fingerprint(self._rows, self._values)
+        self.left_out = None  # the report_left_out record of what is never sampled
         if policy == "flipreid":
             self._eligible = [group for group in self._groups if len(group) >= self.K]
+            short = [group for group in self._groups if len(group) < self.K]
+            if short:
+                self.left_out = report_left_out(
+                    "PK sampler (flipreid policy)", len(short), sum(len(g) for g in short),
+                    f"identities with fewer than K={self.K} images are never sampled, as in "
+                    "the reference",
+                    "--image_num_per_identity lowers K; --sampler_policy=msinet draws them "
+                    "with replacement")
             if len(self._eligible) < self.P:
                 raise ValueError(
                     f"PKSampler (flipreid policy): only {len(self._eligible)} identities have at "

@@ -37,6 +37,7 @@ from reid_tf.data.common import (
     require_dataset_folder,
     require_nonempty,
 )
+from reid_tf.data.left_out import report_left_out
 from reid_tf.data.registry import DatasetError, make_dataframe, register_dataset
 
 DATASET_NAME = "SYSU_MM01"
@@ -71,6 +72,18 @@ def _identity_images(dataset_folder, camera, identity):
     if not os.path.isdir(folder):
         return []
     return list_jpg_files(DATASET_NAME, folder)
+
+
+def _report_identities_without_images(dataset_folder, identities, rows, part, id_files):
+    """Identities of the id files with no ``cam<K>/<identity>`` folder (no image) at all,
+    skipped as in the reference: said aloud."""
+    present = {row[1] for row in rows}
+    absent = [identity for identity in identities if identity not in present]
+    if absent:
+        report_left_out(DATASET_NAME, len(absent), 0,
+                        f"{part} identities listed in {id_files} with no image folder under "
+                        f"{dataset_folder}/cam1..cam6 (e.g. {absent[:5]}), skipped as in the "
+                        "reference")
 
 
 def _collect(dataset_folder, identities, cameras, modality, split):
@@ -155,6 +168,10 @@ def load_sysu_mm01(root_folder_path, search_mode="all", shot=1, trial_index=None
     query = _collect(dataset_folder, test_identities, INFRARED_CAMERAS, "infrared", "query")
     gallery = _collect(dataset_folder, test_identities, GALLERY_CAMERAS[search_mode], "visible",
                        "gallery")
+    _report_identities_without_images(dataset_folder, train_identities, train, "training",
+                                      "exp/train_id.txt and exp/val_id.txt")
+    _report_identities_without_images(dataset_folder, test_identities, query + gallery, "test",
+                                      "exp/test_id.txt")
     require_nonempty(DATASET_NAME, train, "the training identities of exp/train_id.txt and "
                      "exp/val_id.txt")
     require_nonempty(DATASET_NAME, query, "cameras 3 and 6 for the test identities")

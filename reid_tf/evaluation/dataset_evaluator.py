@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from reid_tf.data import dataset_protocol, load_dataset
+from reid_tf.evaluation import protocols
 from reid_tf.evaluation.evaluator import (SUMMARY_KEYS, EvaluationOptions, FeatureExtractor,
                                           evaluate_features, select_test_subset,
                                           summarize_result, write_evaluation_outputs)
@@ -106,6 +107,9 @@ class DatasetEvaluator:
             reverse, _ = evaluate_features(self.gallery, self.query, gallery_features,
                                            query_features, self.options)
             summary["reverse_direction"] = reverse
+            # CM-NAS reports the mean of the two directions; their spread beside it.
+            summary["both_directions"] = protocols.trial_statistics([summary, reverse],
+                                                                    SUMMARY_KEYS)
         return summary, details
 
     def __call__(self, inference_model, tag="evaluation", write=True):
@@ -142,7 +146,6 @@ class DatasetEvaluator:
     def _vehicleid(self, query_features, gallery_features):
         """VehicleID: every trial splits the same test images into query and gallery anew
         (reid_tf.data.vehicleid); features are extracted once and indexed by path."""
-        from reid_tf.evaluation import protocols
         features = np.concatenate([query_features, gallery_features])
         frame = pd.concat([self.query, self.gallery], ignore_index=True)
         index = {path: i for i, path in enumerate(frame["image_file_path"])}
@@ -165,16 +168,32 @@ class DatasetEvaluator:
         return summary, details
 
 
+def format_metrics(values, std=None):
+    """``rank1 55.00%, ...`` (``rank1 55.00% ± 1.20, ...`` with the standard deviations)."""
+    parts = []
+    for key in SUMMARY_KEYS:
+        if key in values:
+            text = f"{key} {100 * values[key]:.2f}%"
+            if std and key in std:
+                text += f" ± {100 * std[key]:.2f}"
+            parts.append(text)
+    return ", ".join(parts)
+
+
 def print_metrics(summary, title):
     """One line of the summary's metrics (and of its reverse direction and secondary
     features)."""
-    keys = [key for key in SUMMARY_KEYS if key in summary]
-    text = ", ".join(f"{key} {100 * summary[key]:.2f}%" for key in keys)
-    print(f"[{title}] {text}", flush=True)
+    over_trials = summary.get("over_trials")
+    print(f"[{title}] {format_metrics(summary, over_trials and over_trials['std'])}"
+          + (f" (mean ± std over {over_trials['num_trials']} trials)" if over_trials else ""),
+          flush=True)
     reverse = summary.get("reverse_direction")
     if reverse:
-        text = ", ".join(f"{key} {100 * reverse[key]:.2f}%" for key in keys if key in reverse)
-        print(f"[{title}, reverse direction] {text}", flush=True)
+        print(f"[{title}, reverse direction] {format_metrics(reverse)}", flush=True)
+    both = summary.get("both_directions")
+    if both:
+        print(f"[{title}, both directions] {format_metrics(both['mean'], both['std'])} "
+              "(mean ± std over the 2 directions)", flush=True)
     for name, entry in summary.items():
         if isinstance(entry, dict) and name != "reverse_direction" and "rank1" in entry:
             print_metrics(entry, f"{title}, {name.replace('_', '-')} features")

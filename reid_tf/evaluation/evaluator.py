@@ -149,6 +149,8 @@ def summarize_result(result):
         summary["num_trials"] = int(result["num_trials"])
         summary["trials"] = [{key: float(trial[key]) for key in SUMMARY_KEYS}
                              for trial in result["per_trial"]]
+        # mean and sample standard deviation over the trials (the mean is also at the top)
+        summary["over_trials"] = protocols.trial_statistics(summary["trials"], SUMMARY_KEYS)
     return summary
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "RANKS",
     "PROTOCOL_FUNCTIONS",
     "average_results",
+    "trial_statistics",
     "evaluate_regdb",
     "evaluate_standard",
     "evaluate_sysu_mm01",
@@ -86,12 +87,32 @@ def _check_rows(features, labels, what):
     return features
 
 
+METRIC_KEYS = tuple(f"rank{rank}" for rank in RANKS) + ("mAP", "mINP")
+
+
+def trial_statistics(results, keys=METRIC_KEYS):
+    """``{"mean": {key: ...}, "std": {key: ...}, "num_trials": n}`` of the metrics of several
+    trials (dicts with the ``keys``); ``std`` is the sample standard deviation (``ddof=1``,
+    0 for a single trial)."""
+    results = list(results)
+    if not results:
+        raise ValueError("trial_statistics needs at least one trial result.")
+    mean, std = {}, {}
+    for key in keys:
+        if all(key in result for result in results):
+            values = np.asarray([float(result[key]) for result in results])
+            mean[key] = float(values.mean())
+            std[key] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "num_trials": len(results)}
+
+
 def average_results(results):
     """Mean of single-trial result dicts (scalars and CMC curves).
 
     CMC curves of different lengths (galleries smaller than ``max_rank``) are extended with
     their last value, which is 1 at the gallery size. Returns the keys of a single result plus
-    ``num_trials`` and ``per_trial``.
+    ``num_trials``, ``per_trial`` and ``std`` (the sample standard deviation over the trials of
+    every metric, :func:`trial_statistics`).
     """
     results = list(results)
     if not results:
@@ -104,6 +125,7 @@ def average_results(results):
         averaged[key] = float(np.mean([result[key] for result in results]))
     averaged["num_trials"] = len(results)
     averaged["per_trial"] = results
+    averaged["std"] = trial_statistics(results)["std"]
     return averaged
 
 

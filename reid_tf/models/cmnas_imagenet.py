@@ -60,7 +60,7 @@ def _tf2cv_state_dict(file_path):
     return result
 
 
-def load_imagenet_weights(model, file_path):
+def load_imagenet_weights(model, file_path, allow_pickle=False, flag="--backbone_weights_file_path"):
     """Initialise the backbone from ImageNet weights (spec §3.5) and return the report.
 
     ``file_path`` is either a torchvision ResNet-50 state dict (``resnet50-19c8e357.pth``;
@@ -86,7 +86,8 @@ def load_imagenet_weights(model, file_path):
         state_dict = _tf2cv_state_dict(file_path)
         conv_transform = None  # already (kh, kw, in, out)
     else:
-        state_dict = load_state_dict(file_path, state_dict_key="auto")
+        state_dict = load_state_dict(file_path, state_dict_key="auto",
+                                     allow_pickle=allow_pickle, flag=flag)
         conv_transform = conv_kernel
     assigner = WeightAssigner(model, state_dict)
     backbone_names = set()

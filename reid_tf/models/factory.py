@@ -121,7 +121,8 @@ def _build_cmnas(settings, num_classes):
                                       input_shape=settings.input_shape)
     if settings.backbone_weights_file_path:
         from reid_tf.models.cmnas_imagenet import load_imagenet_weights
-        load_imagenet_weights(models.training_model, settings.backbone_weights_file_path)
+        load_imagenet_weights(models.training_model, settings.backbone_weights_file_path,
+                              allow_pickle=settings.allow_pickle)
     return models
 
 

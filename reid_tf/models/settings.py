@@ -26,6 +26,8 @@ class ModelSettings:
       switchable_config_file_path: with ``msinet`` on visible-infrared data, an 80-value
         config that makes every MSINet BN switchable ('' = the plain network).
       sam: MSINet's spatial alignment module (score maps for the SAM loss).
+      allow_pickle: read a ``.pth`` ImageNet weights file that needs pickle (trusted files
+        only; ``--allow_pickle``); without it such a file is refused.
     """
 
     backbone_model_name: str = "resnet50"
@@ -45,6 +47,7 @@ class ModelSettings:
     cmnas_config_file_path: str = DEFAULT_CONFIG_FILE
     switchable_config_file_path: str = ""
     sam: bool = False
+    allow_pickle: bool = False
 
     @property
     def input_shape(self):

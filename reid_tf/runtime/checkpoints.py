@@ -47,32 +47,70 @@ def _unwrap(checkpoint, state_dict_key, file_path):
     return checkpoint
 
 
-def load_state_dict(file_path, state_dict_key="auto", strip_prefixes=("module.",)):
+class PickleRefusedError(ConversionError):
+    """A checkpoint that can only be read by executing pickled Python objects."""
+
+
+def _pickle_reason(error):
+    """The line of torch's weights-only error that names what the file needs (e.g.
+    ``Unsupported global: GLOBAL argparse.Namespace``)."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text[text.index(marker) + len(marker):]
+    text = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return text.split(" was not an allowed global")[0].strip()
+
+
+def _torch_load(file_path, allow_pickle, flag):
+    try:
+        import torch
+    except ImportError:
+        raise ConversionError(f"Cannot read {file_path}: {TORCH_INSTALL_HINT}") from None
+    import pickle
+    try:
+        return torch.load(file_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = _pickle_reason(error)
+        if not allow_pickle:
+            raise PickleRefusedError(
+                f"{file_path} ({flag}): refused, it holds more than tensors and can only be read "
+                f"by executing pickled Python code ({reason}). Pass --allow_pickle to load it, "
+                "only if you trust where the file comes from.") from None
+        print(f"Warning: loading {file_path} with pickle (--allow_pickle): {reason}.",
+              flush=True)
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        raise ConversionError(f"Cannot read checkpoint {file_path} ({flag}): {error}") from error
+    try:
+        return torch.load(file_path, map_location="cpu", weights_only=False)
+    except Exception as error:  # unpickling may raise anything; reported with the path
+        raise ConversionError(f"Cannot read checkpoint {file_path} ({flag}): {error}") from error
+
+
+def load_state_dict(file_path, state_dict_key="auto", strip_prefixes=("module.",),
+                    allow_pickle=False, flag="--source_file_path"):
     """Read a checkpoint into an ordered ``{name: numpy array}``.
 
-    ``.pth``/``.pth.tar``/``.pt`` files are read with torch (CPU, ``weights_only`` when
-    possible); ``.npz`` files with numpy. A state dict wrapped under ``state_dict`` or ``model``
-    (or the key given by ``state_dict_key``, e.g. ``"ema"``) is unwrapped, and a leading
-    ``module.`` (DataParallel) is stripped from every name. Non-tensor entries are dropped.
+    ``.pth``/``.pth.tar``/``.pt`` files are read with torch (CPU) with ``weights_only=True``:
+    a file that needs pickle (e.g. one that stores an ``argparse.Namespace`` beside its
+    tensors) is refused with :class:`PickleRefusedError` naming the file and what it needs,
+    unless ``allow_pickle`` (``--allow_pickle``: for trusted files only). ``.npz`` files are
+    read with numpy (never with pickle). ``flag`` names the flag the path came from in the
+    messages. A state dict wrapped under ``state_dict`` or ``model`` (or the key given by
+    ``state_dict_key``, e.g. ``"ema"``) is unwrapped, and a leading ``module.``
+    (DataParallel) is stripped from every name. Non-tensor entries are dropped.
     """
     file_path = os.path.expanduser(str(file_path))
     if not os.path.isfile(file_path):
-        raise ConversionError(f"Checkpoint file not found: {file_path} (flag --source_file_path).")
+        raise ConversionError(f"Checkpoint file not found: {file_path} (flag {flag}).")
     if file_path.endswith(".npz"):
-        with np.load(file_path, allow_pickle=False) as archive:
-            checkpoint = {name: archive[name] for name in archive.files}
+        try:
+            with np.load(file_path, allow_pickle=False) as archive:
+                checkpoint = {name: archive[name] for name in archive.files}
+        except ValueError as error:  # object arrays need pickle
+            raise PickleRefusedError(f"{file_path} ({flag}): refused, {error}") from None
     else:
-        try:
-            import torch
-        except ImportError:
-            raise ConversionError(f"Cannot read {file_path}: {TORCH_INSTALL_HINT}") from None
-        try:
-            checkpoint = torch.load(file_path, map_location="cpu", weights_only=True)
-        except Exception:  # older checkpoints pickle argparse namespaces etc.
-            try:
-                checkpoint = torch.load(file_path, map_location="cpu", weights_only=False)
-            except Exception as error:
-                raise ConversionError(f"Cannot read checkpoint {file_path}: {error}") from error
+        checkpoint = _torch_load(file_path, allow_pickle, flag)
     state_dict = _unwrap(checkpoint, state_dict_key, file_path)
     result = collections.OrderedDict()
     for name, value in state_dict.items():
@@ -185,3 +223,74 @@ def print_report(report, stream=None):
               file=stream)
         for name in report.unassigned:
             print(f"  {name}", file=stream)
+
+
+def _h5_weights(file_path):
+    """``{layer name: [(weight name, dataset array), ...]}`` of a Keras ``save_weights`` HDF5
+    file (the tf-keras layout: ``layer_names`` at the root, ``weight_names`` per layer)."""
+    import h5py
+
+    def text(value):
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    result = collections.OrderedDict()
+    try:
+        with h5py.File(file_path, "r") as archive:
+            group = archive["model_weights"] if "model_weights" in archive else archive
+            if "layer_names" not in group.attrs:
+                raise ConversionError(f"{file_path}: not a Keras weights file (no layer_names).")
+            for layer_name in map(text, group.attrs["layer_names"]):
+                layer_group = group[layer_name]
+                names = [text(name) for name in layer_group.attrs.get("weight_names", [])]
+                if names:
+                    result[layer_name] = [(name, np.asarray(layer_group[name])) for name in names]
+    except OSError as error:
+        raise ConversionError(f"Cannot read weights file {file_path}: {error}") from error
+    return result
+
+
+def load_h5_by_name_and_shape(model, file_path, assign=True):
+    """Copy the tensors of a Keras ``.h5`` weights file into ``model`` by layer name and
+    shape, like the references' ``copy_state_dict``: a weight whose layer is in the file with
+    a tensor of the same name (or, when the layer has as many weights as the file's, the same
+    position) and the same shape is loaded; every other weight keeps its value and is listed.
+
+    Returns a :class:`ConversionReport` (``assigned``: (model weight, file tensor);
+    ``skipped``: (file tensor, shape reason); ``unused``: file tensors not loaded (those of
+    ``skipped`` included);
+    ``unassigned``: model weights left as they were). ``assign=False`` only works out the
+    report.
+    """
+    saved = _h5_weights(file_path)
+    assigned, skipped, unassigned = [], [], []
+    pending = []
+    for layer in model.layers:
+        weights = list(layer.trainable_weights) + list(layer.non_trainable_weights)
+        if not weights:
+            continue
+        entries = saved.get(layer.name)
+        if entries is None:
+            unassigned.extend(weight.name for weight in weights)
+            continue
+        by_name = {name: (name, value) for name, value in entries}
+        for position, weight in enumerate(weights):
+            entry = by_name.get(weight.name)
+            if entry is None and len(entries) == len(weights):
+                entry = entries[position]
+            if entry is None:
+                unassigned.append(weight.name)
+                continue
+            key = f"{layer.name}/{entry[0]}"
+            if tuple(entry[1].shape) != tuple(weight.shape):
+                skipped.append((key, f"shape {tuple(entry[1].shape)} does not fit {weight.name} "
+                                     f"{tuple(weight.shape)}"))
+                unassigned.append(weight.name)
+                continue
+            pending.append((weight, entry[1]))
+            assigned.append((weight.name, key))
+    for weight, value in pending if assign else ():
+        weight.assign(value.astype(weight.dtype.as_numpy_dtype))
+    loaded = {key for _, key in assigned}
+    unused = [f"{layer}/{name}" for layer, entries in saved.items() for name, _ in entries
+              if f"{layer}/{name}" not in loaded]
+    return ConversionReport(assigned, skipped, unused, unassigned)
