@@ -144,8 +144,10 @@ def test_all_split_halves_are_independent(split_models):
     for key in first:  # embeddings, logits and the split BNNeck features
         for a, b, c in zip(first[key], second[key], alone[key]):
             np.testing.assert_allclose(b[:4], a[:4], rtol=1e-5, atol=1e-6, err_msg=key)
-            # The visible half of mode 0 is mode 1 on the visible images alone.
-            np.testing.assert_allclose(c, a[:4], rtol=1e-4, atol=1e-5, err_msg=key)
+            # The visible half of mode 0 is mode 1 on the visible images alone. A batch of 4
+            # instead of 8 lets oneDNN pick other convolution kernels (CI saw 1.6e-4 on values
+            # near 1); mixed BN statistics would move the features by far more than 1e-3.
+            np.testing.assert_allclose(c, a[:4], rtol=1e-3, atol=1e-3, err_msg=key)
             assert np.abs(b[4:] - a[4:]).max() > 1e-3
     for layer in msinet_switchable.switchable_bn_layers(split_models):
         assert np.all(layer.sharable_bn.moving_mean.numpy() == 0), layer.name
