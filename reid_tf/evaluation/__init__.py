@@ -13,6 +13,7 @@ these functions.
 from reid_tf.evaluation.distance import METRICS, l2_normalize, pairwise_distance  # noqa: F401
 from reid_tf.evaluation.metrics import cmc_map, sysu_mm01_cmc_map  # noqa: F401
 from reid_tf.evaluation.reranking import re_ranking  # noqa: F401
+from reid_tf.evaluation.chunked import cmc_map_from_features  # noqa: F401
 from reid_tf.evaluation.protocols import (  # noqa: F401
     PROTOCOL_FUNCTIONS,
     RANKS,

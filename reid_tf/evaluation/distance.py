@@ -75,33 +75,69 @@ def pairwise_distance(query_features, gallery_features, metric="euclidean", norm
     gallery = gallery.astype(dtype, copy=False)
     if normalize:
         gallery = l2_normalize(gallery)
-    gallery_squared = np.einsum("ij,ij->i", gallery, gallery)
-    gallery_norm = None
-    if metric == "cosine":
-        gallery_norm = np.sqrt(gallery_squared)
-        gallery_norm[gallery_norm == 0] = 1  # zero vectors: cosine 0, as scikit-learn
+    terms = gallery_terms(gallery, metric)
     result = np.empty((query.shape[0], gallery.shape[0]), dtype=np.float32)
     for start in range(0, query.shape[0], chunk_size):
         chunk = query[start:start + chunk_size]
         if normalize:
             chunk = l2_normalize(chunk)
-        dot = chunk @ gallery.T
-        if metric == "neg_dot":
-            np.negative(dot, out=dot)
-        elif metric == "cosine":
-            chunk_norm = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
-            chunk_norm[chunk_norm == 0] = 1
-            dot /= chunk_norm[:, np.newaxis]
-            dot /= gallery_norm[np.newaxis, :]
-            np.subtract(1, dot, out=dot)
-            np.clip(dot, 0, 2, out=dot)
-        else:
-            chunk_squared = np.einsum("ij,ij->i", chunk, chunk)
-            dot *= -2
-            dot += chunk_squared[:, np.newaxis]
-            dot += gallery_squared[np.newaxis, :]
-            np.maximum(dot, 0, out=dot)
-            if metric == "euclidean":
-                np.sqrt(dot, out=dot)
+        dot = distance_chunk(chunk, gallery, terms, metric)
         result[start:start + chunk.shape[0]] = dot
     return result
+
+
+def gallery_terms(gallery, metric):
+    """What :func:`distance_chunk` needs of the gallery besides its rows (squared norms, and
+    the norms for ``cosine``), computed once for many query chunks."""
+    gallery_squared = np.einsum("ij,ij->i", gallery, gallery)
+    gallery_norm = None
+    if metric == "cosine":
+        gallery_norm = np.sqrt(gallery_squared)
+        gallery_norm[gallery_norm == 0] = 1  # zero vectors: cosine 0, as scikit-learn
+    return gallery_squared, gallery_norm
+
+
+def distance_chunk(chunk, gallery, terms, metric):
+    """Distances of the query rows ``chunk`` to every row of ``gallery`` (both already
+    converted and, if wanted, normalised; ``terms`` from :func:`gallery_terms`), in the
+    features' precision: one matrix product and element-wise passes in place."""
+    gallery_squared, gallery_norm = terms
+    dot = chunk @ gallery.T
+    if metric == "neg_dot":
+        np.negative(dot, out=dot)
+    elif metric == "cosine":
+        chunk_norm = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
+        chunk_norm[chunk_norm == 0] = 1
+        dot /= chunk_norm[:, np.newaxis]
+        dot /= gallery_norm[np.newaxis, :]
+        np.subtract(1, dot, out=dot)
+        np.clip(dot, 0, 2, out=dot)
+    else:
+        chunk_squared = np.einsum("ij,ij->i", chunk, chunk)
+        dot *= -2
+        dot += chunk_squared[:, np.newaxis]
+        dot += gallery_squared[np.newaxis, :]
+        np.maximum(dot, 0, out=dot)
+        if metric == "euclidean":
+            np.sqrt(dot, out=dot)
+    return dot
+
+
+def prepared_features(query_features, gallery_features, metric, normalize):
+    """``(query, gallery)`` checked, in their common precision and (``normalize``)
+    L2-normalised once: the inputs of :func:`distance_chunk`."""
+    if metric not in METRICS:
+        raise ValueError(f"Unknown metric {metric!r}; expected one of {METRICS}.")
+    query = _as_features(query_features, "query_features")
+    gallery = _as_features(gallery_features, "gallery_features")
+    if query.shape[1] != gallery.shape[1]:
+        raise ValueError(
+            f"query_features have {query.shape[1]} dimensions but gallery_features have "
+            f"{gallery.shape[1]}."
+        )
+    dtype = np.result_type(query.dtype, gallery.dtype)
+    query = query.astype(dtype, copy=False)
+    gallery = gallery.astype(dtype, copy=False)
+    if normalize:
+        query, gallery = l2_normalize(query), l2_normalize(gallery)
+    return query, gallery
