@@ -33,7 +33,7 @@ def cmc_map_from_features(query_features, gallery_features, q_pids, g_pids, q_ca
                           metric="euclidean", normalize=False, max_rank=50,
                           remove_same_camera=True, chunk_size=None,
                           memory_budget=DEFAULT_MEMORY_BUDGET, num_threads=None,
-                          return_per_query=False):
+                          return_per_query=False, rule="market"):
     """``cmc_map(pairwise_distance(query_features, gallery_features, metric, normalize), ...)``
     computed query chunk by query chunk (see the module docstring).
 
@@ -45,6 +45,9 @@ def cmc_map_from_features(query_features, gallery_features, q_pids, g_pids, q_ca
       chunk_size: query rows per chunk; None: as many as ``memory_budget`` bytes of float32
         distances hold.
       memory_budget: bytes of one chunk's distances when ``chunk_size`` is None.
+      rule: ``"market"`` (:func:`~reid_tf.evaluation.metrics.cmc_map`) or ``"sysu_mm01"``
+        (:func:`~reid_tf.evaluation.metrics.sysu_mm01_cmc_map`, whose camera rule replaces
+        ``remove_same_camera``).
 
     Returns:
       the dict of :func:`~reid_tf.evaluation.metrics.cmc_map`.
@@ -68,4 +71,5 @@ def cmc_map_from_features(query_features, gallery_features, q_pids, g_pids, q_ca
     return cmc_map_blocks(distance_rows, num_query, num_gallery, q_pids, g_pids, q_camids,
                           g_camids, max_rank=max_rank, remove_same_camera=remove_same_camera,
                           chunk_rows=int(chunk_size), num_threads=num_threads,
-                          return_per_query=return_per_query, what="cmc_map_from_features")
+                          return_per_query=return_per_query, what="cmc_map_from_features",
+                          rule=rule)

@@ -112,12 +112,13 @@ def rerank_cmc_map_from_features(query_features, gallery_features, q_pids, g_pid
                                  g_camids, metric="cosine", normalize=False, k1=20, k2=6,
                                  lambda_value=0.3, max_rank=50, remove_same_camera=True,
                                  memory_budget=DEFAULT_MEMORY_BUDGET, num_threads=None,
-                                 return_per_query=False):
+                                 return_per_query=False, rule="market"):
     """CMC/mAP/mINP of the k-reciprocal re-ranked distances, in bounded memory (see the module
     docstring). ``metric``/``normalize`` as :func:`~reid_tf.evaluation.distance.pairwise_distance`
     (``neg_dot`` is re-ranked as ``cosine``, as :func:`reid_tf.evaluation.protocols.
     ranked_distances` does); ``k1, k2, lambda_value`` as :func:`~reid_tf.evaluation.reranking.
-    re_ranking`; the rest as :func:`~reid_tf.evaluation.metrics.cmc_map`. ``memory_budget``:
+    re_ranking`; the rest as :func:`~reid_tf.evaluation.metrics.cmc_map` (``rule`` as
+    :func:`~reid_tf.evaluation.chunked.cmc_map_from_features`). ``memory_budget``:
     bytes of one chunk of float32 distances."""
     k1, k2, lambda_value = _check_parameters(k1, k2, lambda_value)
     if metric == "neg_dot":
@@ -155,4 +156,4 @@ def rerank_cmc_map_from_features(query_features, gallery_features, q_pids, g_pid
                           g_camids, max_rank=max_rank, remove_same_camera=remove_same_camera,
                           chunk_rows=chunk_rows_for(num_gallery, memory_budget),
                           num_threads=num_threads, return_per_query=return_per_query,
-                          what="re-ranking")
+                          what="re-ranking", rule=rule)
