@@ -10,10 +10,11 @@ are ranked by the block code of :func:`reid_tf.evaluation.metrics.cmc_map`
 """
 import numpy as np
 
-from reid_tf.evaluation.distance import distance_chunk, gallery_terms, prepared_features
+from reid_tf.evaluation.distance import (distance_chunk, gallery_terms, paired_distances,
+                                         prepared_features)
 from reid_tf.evaluation.metrics import cmc_map_blocks
 
-__all__ = ["cmc_map_from_features", "DEFAULT_MEMORY_BUDGET", "chunk_rows_for"]
+__all__ = ["cmc_map_from_features", "DEFAULT_MEMORY_BUDGET", "FeatureDistances", "chunk_rows_for"]
 
 # Bytes of float32 distances one query chunk may hold.
 DEFAULT_MEMORY_BUDGET = 256 << 20
@@ -73,3 +74,63 @@ def cmc_map_from_features(query_features, gallery_features, q_pids, g_pids, q_ca
                           chunk_rows=int(chunk_size), num_threads=num_threads,
                           return_per_query=return_per_query, what="cmc_map_from_features",
                           rule=rule)
+
+
+class FeatureDistances:
+    """The query × gallery distances of :func:`~reid_tf.evaluation.distance.pairwise_distance`,
+    computed from the features when asked for, for galleries whose full matrix is too large to
+    keep (the report and the rank list read only some rows and pairs).
+
+    ``distances[q]`` is the float32 row of query ``q``; ``distances[rows, cols]`` (two integer
+    arrays of one shape) the distances of those pairs; :meth:`subset` the same object for some
+    queries and gallery items; :meth:`metrics` its CMC/mAP (:func:`cmc_map_from_features`).
+    ``shape`` is ``(Q, G)``.
+    """
+
+    def __init__(self, query_features, gallery_features, metric="euclidean", normalize=False):
+        self.query, self.gallery = prepared_features(query_features, gallery_features, metric,
+                                                     normalize)
+        self.metric = metric
+        self.shape = (self.query.shape[0], self.gallery.shape[0])
+        self._terms = None
+
+    def _gallery_terms(self):
+        if self._terms is None:
+            self._terms = gallery_terms(self.gallery, self.metric)
+        return self._terms
+
+    def rows(self, rows):
+        """float32 distances of the query rows ``rows`` (integer array) to the gallery."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        return distance_chunk(self.query[rows], self.gallery, self._gallery_terms(),
+                              self.metric).astype(np.float32, copy=False)
+
+    def pairs(self, rows, cols):
+        """float32 distances of the pairs ``(rows[n], cols[n])`` (row-wise dot products)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        if rows.shape != cols.shape:
+            raise ValueError(f"pairs: rows {rows.shape} and cols {cols.shape} differ in shape.")
+        return paired_distances(self.query, self.gallery, rows, cols,
+                                self.metric).reshape(rows.shape)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple) and len(key) == 2:
+            return self.pairs(*key)
+        if isinstance(key, (int, np.integer)):
+            return self.rows([key])[0]
+        raise TypeError("FeatureDistances supports [query_row] and [rows, cols] only.")
+
+    def subset(self, rows, columns):
+        """The distances of queries ``rows`` to gallery items ``columns``."""
+        part = FeatureDistances.__new__(FeatureDistances)
+        part.query, part.gallery = self.query[rows], self.gallery[columns]
+        part.metric = self.metric
+        part.shape = (part.query.shape[0], part.gallery.shape[0])
+        part._terms = None
+        return part
+
+    def metrics(self, q_pids, g_pids, q_camids, g_camids, **options):
+        """:func:`cmc_map_from_features` of these distances (``options`` as its)."""
+        return cmc_map_from_features(self.query, self.gallery, q_pids, g_pids, q_camids,
+                                     g_camids, metric=self.metric, **options)

@@ -32,7 +32,8 @@ switch the protocols apply (``memory_budget`` of the setting ``rerank_memory_bud
 import numpy as np
 
 from reid_tf.evaluation.chunked import DEFAULT_MEMORY_BUDGET, chunk_rows_for
-from reid_tf.evaluation.distance import distance_chunk, gallery_terms, prepared_features
+from reid_tf.evaluation.distance import (distance_chunk, gallery_terms, paired_distances,
+                                         prepared_features)
 from reid_tf.evaluation.metrics import cmc_map_blocks
 from reid_tf.evaluation.neighbors import smallest_per_row
 from reid_tf.evaluation.reranking import (_SharedMass, _check_parameters, _combine, _encoding,
@@ -46,8 +47,6 @@ DEFAULT_DENSE_BUDGET = 8 << 30
 # float32 (Q+G)² matrices alive at the dense version's peak: the three input blocks (together
 # one), ``np.block``, its square, and the transposed copy.
 _DENSE_MATRICES = 4
-# Pairs whose distances are computed from features at once (step 2).
-_PAIR_CHUNK = 1 << 15
 
 
 def dense_re_ranking_bytes(num_query, num_gallery):
@@ -63,24 +62,6 @@ def use_sparse(num_query, num_gallery, memory_budget=DEFAULT_DENSE_BUDGET):
         raise ValueError(f"rerank memory budget must be a positive number of bytes, got "
                          f"{memory_budget!r}.")
     return dense_re_ranking_bytes(num_query, num_gallery) > memory_budget
-
-
-def _pair_distances(items, squared, norms, metric, rows, cols):
-    """The metric of :func:`distance_chunk` for the pairs ``(rows[n], cols[n])`` (float32)."""
-    out = np.empty(len(rows), np.float32)
-    for start in range(0, len(rows), _PAIR_CHUNK):
-        r, c = rows[start:start + _PAIR_CHUNK], cols[start:start + _PAIR_CHUNK]
-        dot = np.einsum("ij,ij->i", items[r], items[c])
-        if metric == "cosine":
-            value = np.clip(1 - dot / (norms[r] * norms[c]), 0, 2)
-        elif metric == "neg_dot":
-            value = -dot
-        else:
-            value = np.maximum(squared[r] + squared[c] - 2 * dot, 0)
-            if metric == "euclidean":
-                value = np.sqrt(value)
-        out[start:start + len(r)] = value
-    return out
 
 
 def _neighbourhoods(items, terms, metric, depth, memory_budget):
@@ -129,13 +110,12 @@ def rerank_cmc_map_from_features(query_features, gallery_features, q_pids, g_pid
         raise ValueError(f"re-ranking: no queries or no gallery ({num_query} x {num_gallery}).")
     items = np.concatenate([query, gallery])
     terms = gallery_terms(items, metric)
-    squared, norms = terms
     num_items = items.shape[0]
     row_max, ranks = _neighbourhoods(items, terms, metric, _rank_depth(num_items, k1, k2),
                                      memory_budget)
 
     def pair_distances(rows, cols):
-        values = _pair_distances(items, squared, norms, metric, rows, cols)
+        values = paired_distances(items, items, rows, cols, metric)
         return np.power(values, 2) / row_max[rows]
 
     encoding = _encoding(pair_distances, ranks, k1)
