@@ -176,4 +176,3 @@ def test_report_data_without_the_full_matrix(capsys):
     for key in ("worst_ap", "camera_rank1", "camera_mAP", "worst_distance",
                 "positive_distances", "negative_distances"):
         np.testing.assert_allclose(chunked[key], full[key], atol=1e-5)
-    assert protocols.DEFAULT_DENSE_BUDGET == 8 << 30
