@@ -7,6 +7,12 @@ Pure numpy/scipy (no TensorFlow). The protocol functions take already-extracted 
 * :func:`evaluate_sysu_mm01` — CM-NAS SYSU-MM01 rules, averaged over gallery trials;
 * :func:`evaluate_regdb` — one RegDB trial; :func:`average_results` averages trials.
 
+At scale: :func:`cmc_map_from_features` ranks query chunk by query chunk (no Q × G matrix; the
+protocols use it whenever re-ranking is off), and
+:func:`reid_tf.evaluation.reranking_sparse.rerank_cmc_map_from_features` is the k-reciprocal
+re-ranking in bounded memory, which the protocols switch to when the dense one's (Q+G)²
+matrices would exceed ``rerank_memory_budget``.
+
 ``PROTOCOL_FUNCTIONS`` maps the protocol names of :data:`reid_tf.data.registry.PROTOCOLS` to
 these functions.
 """
