@@ -196,7 +196,7 @@ def case_market(args):
 CASES = {"gallery_1m": (case_gallery_1m, 10000, 1000000, 1.5),
          "dense_100k": (case_dense_100k, 10000, 100000, 1.5),
          "msmt": (case_msmt, 11659, 82161, 1.2),
-         "market": (case_market, 3368, 15913, 1.2)}
+         "market": (case_market, 3368, 15913, 2.0)}
 
 
 def main():
