@@ -136,7 +136,8 @@ def draw_rank_list(distmat, query_paths, gallery_paths, q_pids, g_pids, q_camids
     as in :func:`reid_tf.evaluation.metrics.cmc_map`. Queries are picked evenly (seeded).
     """
     import cv2
-    distmat = np.asarray(distmat)
+    if not hasattr(distmat, "subset"):  # a FeatureDistances gives its rows on demand
+        distmat = np.asarray(distmat)
     q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
     q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
     height, width = thumbnail_size

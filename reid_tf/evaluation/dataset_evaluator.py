@@ -70,6 +70,7 @@ class DatasetEvaluator:
             metric=settings.metric or ("neg_dot" if cross_modality else "cosine"),
             normalize=bool(cross_modality if settings.normalize is None else settings.normalize),
             use_re_ranking=bool(settings.use_re_ranking),
+            rerank_memory_budget=int(settings.rerank_memory_budget),
             max_rank=20 if cross_modality else 50, trial_num=settings.trial_num,
             sysu_shot=settings.sysu_shot, seed=settings.seed)
 

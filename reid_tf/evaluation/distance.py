@@ -75,33 +75,96 @@ def pairwise_distance(query_features, gallery_features, metric="euclidean", norm
     gallery = gallery.astype(dtype, copy=False)
     if normalize:
         gallery = l2_normalize(gallery)
-    gallery_squared = np.einsum("ij,ij->i", gallery, gallery)
-    gallery_norm = None
-    if metric == "cosine":
-        gallery_norm = np.sqrt(gallery_squared)
-        gallery_norm[gallery_norm == 0] = 1  # zero vectors: cosine 0, as scikit-learn
+    terms = gallery_terms(gallery, metric)
     result = np.empty((query.shape[0], gallery.shape[0]), dtype=np.float32)
     for start in range(0, query.shape[0], chunk_size):
         chunk = query[start:start + chunk_size]
         if normalize:
             chunk = l2_normalize(chunk)
-        dot = chunk @ gallery.T
-        if metric == "neg_dot":
-            np.negative(dot, out=dot)
-        elif metric == "cosine":
-            chunk_norm = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
-            chunk_norm[chunk_norm == 0] = 1
-            dot /= chunk_norm[:, np.newaxis]
-            dot /= gallery_norm[np.newaxis, :]
-            np.subtract(1, dot, out=dot)
-            np.clip(dot, 0, 2, out=dot)
-        else:
-            chunk_squared = np.einsum("ij,ij->i", chunk, chunk)
-            dot *= -2
-            dot += chunk_squared[:, np.newaxis]
-            dot += gallery_squared[np.newaxis, :]
-            np.maximum(dot, 0, out=dot)
-            if metric == "euclidean":
-                np.sqrt(dot, out=dot)
+        dot = distance_chunk(chunk, gallery, terms, metric)
         result[start:start + chunk.shape[0]] = dot
     return result
+
+
+def gallery_terms(gallery, metric):
+    """What :func:`distance_chunk` needs of the gallery besides its rows (squared norms, and
+    the norms for ``cosine``), computed once for many query chunks."""
+    gallery_squared = np.einsum("ij,ij->i", gallery, gallery)
+    gallery_norm = None
+    if metric == "cosine":
+        gallery_norm = np.sqrt(gallery_squared)
+        gallery_norm[gallery_norm == 0] = 1  # zero vectors: cosine 0, as scikit-learn
+    return gallery_squared, gallery_norm
+
+
+def distance_chunk(chunk, gallery, terms, metric):
+    """Distances of the query rows ``chunk`` to every row of ``gallery`` (both already
+    converted and, if wanted, normalised; ``terms`` from :func:`gallery_terms`), in the
+    features' precision: one matrix product and element-wise passes in place."""
+    gallery_squared, gallery_norm = terms
+    dot = chunk @ gallery.T
+    if metric == "neg_dot":
+        np.negative(dot, out=dot)
+    elif metric == "cosine":
+        chunk_norm = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
+        chunk_norm[chunk_norm == 0] = 1
+        dot /= chunk_norm[:, np.newaxis]
+        dot /= gallery_norm[np.newaxis, :]
+        np.subtract(1, dot, out=dot)
+        np.clip(dot, 0, 2, out=dot)
+    else:
+        chunk_squared = np.einsum("ij,ij->i", chunk, chunk)
+        dot *= -2
+        dot += chunk_squared[:, np.newaxis]
+        dot += gallery_squared[np.newaxis, :]
+        np.maximum(dot, 0, out=dot)
+        if metric == "euclidean":
+            np.sqrt(dot, out=dot)
+    return dot
+
+
+def prepared_features(query_features, gallery_features, metric, normalize):
+    """``(query, gallery)`` checked, in their common precision and (``normalize``)
+    L2-normalised once: the inputs of :func:`distance_chunk`."""
+    if metric not in METRICS:
+        raise ValueError(f"Unknown metric {metric!r}; expected one of {METRICS}.")
+    query = _as_features(query_features, "query_features")
+    gallery = _as_features(gallery_features, "gallery_features")
+    if query.shape[1] != gallery.shape[1]:
+        raise ValueError(
+            f"query_features have {query.shape[1]} dimensions but gallery_features have "
+            f"{gallery.shape[1]}."
+        )
+    dtype = np.result_type(query.dtype, gallery.dtype)
+    query = query.astype(dtype, copy=False)
+    gallery = gallery.astype(dtype, copy=False)
+    if normalize:
+        query, gallery = l2_normalize(query), l2_normalize(gallery)
+    return query, gallery
+
+
+def paired_distances(query, gallery, rows, cols, metric, chunk=1 << 15):
+    """float32 distances of the pairs ``(query[rows[n]], gallery[cols[n]])`` (features
+    prepared as for :func:`distance_chunk`), by row-wise dot products: the same metric, without
+    any matrix (values agree with the matrix product's to rounding)."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    cols = np.asarray(cols, dtype=np.int64).reshape(-1)
+    out = np.empty(len(rows), np.float32)
+    for start in range(0, len(rows), chunk):
+        a, b = query[rows[start:start + chunk]], gallery[cols[start:start + chunk]]
+        dot = np.einsum("ij,ij->i", a, b)
+        if metric == "neg_dot":
+            value = -dot
+        elif metric == "cosine":
+            norm_a = np.sqrt(np.einsum("ij,ij->i", a, a))
+            norm_b = np.sqrt(np.einsum("ij,ij->i", b, b))
+            norm_a[norm_a == 0] = 1
+            norm_b[norm_b == 0] = 1
+            value = np.clip(1 - dot / (norm_a * norm_b), 0, 2)
+        else:
+            value = np.maximum(np.einsum("ij,ij->i", a, a) + np.einsum("ij,ij->i", b, b)
+                               - 2 * dot, 0)
+            if metric == "euclidean":
+                value = np.sqrt(value)
+        out[start:start + len(value)] = value
+    return out

@@ -22,7 +22,9 @@ import numpy as np
 import tensorflow as tf
 
 from reid_tf.evaluation import protocols
+from reid_tf.evaluation.chunked import FeatureDistances
 from reid_tf.evaluation.distance import pairwise_distance
+from reid_tf.evaluation.reranking_sparse import dense_re_ranking_bytes
 from reid_tf.models.switchable_bn import MODE_BY_MODALITY
 
 
@@ -137,6 +139,11 @@ class EvaluationOptions:
     trial_num: int = 10
     sysu_shot: int = 1
     seed: int = 0
+    # Bytes the dense re-ranking may take; above, the bounded-memory one runs.
+    rerank_memory_budget: int = protocols.DEFAULT_DENSE_BUDGET
+    # Bytes of a query x gallery float32 matrix the report and rank list may keep; above, their
+    # distances are computed from the features when needed (FeatureDistances).
+    report_matrix_budget: int = 1 << 30
 
 
 SUMMARY_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
@@ -180,25 +187,43 @@ def evaluate_features(query_df, gallery_df, query_features, gallery_features, op
         result = protocols.evaluate_sysu_mm01(
             query_features, q_pids, q_cams, gallery_features, g_pids, g_cams, trials,
             max_rank=options.max_rank, metric=options.metric, normalize=options.normalize,
-            re_ranking=options.use_re_ranking)
+            re_ranking=options.use_re_ranking,
+            rerank_memory_budget=options.rerank_memory_budget)
     elif protocol == "regdb":
         result = protocols.evaluate_regdb(
             query_features, gallery_features, q_pids, g_pids, max_rank=options.max_rank,
             metric=options.metric, normalize=options.normalize,
-            re_ranking=options.use_re_ranking)
+            re_ranking=options.use_re_ranking,
+            rerank_memory_budget=options.rerank_memory_budget)
     else:
         result = protocols.evaluate_standard(
             query_features, gallery_features, q_pids, g_pids, q_cams, g_cams,
             metric=options.metric, normalize=options.normalize,
             re_ranking=options.use_re_ranking, max_rank=options.max_rank,
-            remove_same_camera=protocol == "standard")
+            remove_same_camera=protocol == "standard",
+            rerank_memory_budget=options.rerank_memory_budget)
     metric, normalize = options.metric, options.normalize
     summary = summarize_result(result)
     summary["num_query"] = int(len(query_df))
     summary["num_gallery"] = int(len(trial))
-    distmat = pairwise_distance(query_features, gallery_features[trial], metric=metric,
-                                normalize=normalize)
-    details = {"cmc": np.asarray(result["cmc"]), "distmat": distmat,
+    ran = (result.get("per_trial") or [result])[0].get("re_ranking", "off")
+    summary["re_ranking"] = ran
+    if ran != "off":
+        needed = dense_re_ranking_bytes(len(query_df), len(trial))
+        print(f"k-reciprocal re-ranking: {ran} (the dense one needs about {needed / 2**30:.1f} "
+              f"GiB; budget {options.rerank_memory_budget / 2**30:.1f} GiB)", flush=True)
+    matrix_bytes = 4 * len(query_df) * len(trial)
+    if matrix_bytes <= options.report_matrix_budget:
+        distmat = pairwise_distance(query_features, gallery_features[trial], metric=metric,
+                                    normalize=normalize)
+        note = "full query x gallery matrix"
+    else:
+        distmat = FeatureDistances(query_features, gallery_features[trial], metric=metric,
+                                   normalize=normalize)
+        note = (f"computed from the features per query chunk (the {len(query_df)} x "
+                f"{len(trial)} matrix, {matrix_bytes / 2**30:.1f} GiB, is over the "
+                f"{options.report_matrix_budget / 2**30:.1f} GiB report budget)")
+    details = {"cmc": np.asarray(result["cmc"]), "distmat": distmat, "distances_note": note,
                "q_pids": q_pids, "g_pids": g_pids[trial], "q_cams": q_cams,
                "g_cams": g_cams[trial], "q_paths": q_paths,
                "g_paths": [g_paths[i] for i in trial],

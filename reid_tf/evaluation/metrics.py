@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["cmc_map", "sysu_mm01_cmc_map"]
+__all__ = ["cmc_map", "cmc_map_blocks", "sysu_mm01_cmc_map"]
 
 _MATCH = np.uint32(1)
 _REMOVED = np.uint32(2)
@@ -303,22 +303,138 @@ def cmc_map(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, remove_sam
     distmat, q_pids, g_pids, q_camids, g_camids, max_rank = _prepare(
         distmat, q_pids, g_pids, q_camids, g_camids, max_rank, bool(remove_same_camera))
     num_query, num_gallery = distmat.shape
-    base = np.arange(num_gallery, dtype=np.uint32) << np.uint32(2)
+    block_summary = _standard_block_rule(g_pids, g_camids, remove_same_camera)
 
     def block_metrics(start, stop):
-        match = g_pids[np.newaxis, :] == q_pids[start:stop, np.newaxis]
-        flags = match.view(np.uint8)
-        if remove_same_camera:
-            same_camera = g_camids[np.newaxis, :] == q_camids[start:stop, np.newaxis]
-            np.logical_and(match, same_camera, out=same_camera)
-            flags = flags | (same_camera.view(np.uint8) << np.uint8(1))
-        words = _sorted_words(distmat[start:stop], flags, base)
-        return _summarise(*_flagged_entries(words), stop - start)
+        return block_summary(distmat[start:stop], q_pids[start:stop],
+                             _q_cams_or_none(q_camids, start, stop))
 
     parts = _map_blocks(block_metrics, _row_blocks(num_query, num_gallery), num_threads)
+    return _finish(parts, max_rank, return_per_query, "cmc_map")
+
+
+def _q_cams_or_none(q_camids, start, stop):
+    return None if q_camids is None else q_camids[start:stop]
+
+
+def _standard_block_rule(g_pids, g_camids, remove_same_camera):
+    """``summary(block, q_pids, q_camids)`` (:func:`_summarise`) of blocks of distance rows
+    under the Market-1501 rules of :func:`cmc_map`."""
+    base = np.arange(g_pids.shape[0], dtype=np.uint32) << np.uint32(2)
+
+    def block_summary(block, q_pids, q_camids):
+        match = g_pids[np.newaxis, :] == q_pids[:, np.newaxis]
+        flags = match.view(np.uint8)
+        if remove_same_camera:
+            same_camera = g_camids[np.newaxis, :] == q_camids[:, np.newaxis]
+            np.logical_and(match, same_camera, out=same_camera)
+            flags = flags | (same_camera.view(np.uint8) << np.uint8(1))
+        words = _sorted_words(block, flags, base)
+        return _summarise(*_flagged_entries(words), block.shape[0])
+
+    return block_summary
+
+
+def _finish(parts, max_rank, return_per_query, what, rank_key="first_rank"):
     per_query = _merge(parts)
-    result = _aggregate(per_query, per_query["first_rank"], max_rank, "cmc_map")
-    return _with_per_query(result, per_query, per_query["first_rank"], return_per_query)
+    result = _aggregate(per_query, per_query[rank_key], max_rank, what)
+    return _with_per_query(result, per_query, per_query[rank_key], return_per_query)
+
+
+def cmc_map_blocks(distance_rows, num_query, num_gallery, q_pids, g_pids, q_camids, g_camids,
+                   max_rank=50, remove_same_camera=True, chunk_rows=None, num_threads=None,
+                   return_per_query=False, what="cmc_map_blocks", rule="market"):
+    """:func:`cmc_map` (``rule="market"``) or :func:`sysu_mm01_cmc_map` (``rule="sysu_mm01"``;
+    ``remove_same_camera`` is then ignored: the SYSU-MM01 camera rule applies) of a distance
+    matrix that is never held whole.
+
+    ``distance_rows(start, stop)`` returns the (stop - start, num_gallery) distance rows of
+    queries ``start:stop``; it is called for consecutive chunks of ``chunk_rows`` queries
+    (default: as many as 64 MiB of float32 distances hold), each chunk is ranked by the same
+    block code as :func:`cmc_map` (threads share its row blocks) and dropped. The result is
+    identical to ``cmc_map`` on the stacked rows. Memory: one chunk plus the per-query values.
+    """
+    if rule not in ("market", "sysu_mm01"):
+        raise ValueError(f"rule must be 'market' or 'sysu_mm01', got {rule!r}.")
+    if rule == "sysu_mm01":
+        remove_same_camera = True  # the cameras are required
+    if isinstance(num_gallery, bool) or not isinstance(num_gallery, (int, np.integer)) \
+            or num_gallery < 1 or num_query < 1:
+        raise ValueError(f"{what}: no queries or no gallery ({num_query} x {num_gallery}).")
+    if num_gallery >= _MAX_GALLERY:
+        raise ValueError(f"A gallery of {num_gallery} items is too large (limit 2**30).")
+    q_pids = _as_vector(q_pids, "q_pids", num_query, "queries")
+    g_pids = _as_vector(g_pids, "g_pids", num_gallery, "gallery items")
+    if remove_same_camera:
+        if q_camids is None or g_camids is None:
+            raise ValueError("q_camids and g_camids are required by the camera rule.")
+        q_camids = _as_vector(q_camids, "q_camids", num_query, "queries")
+        g_camids = _as_vector(g_camids, "g_camids", num_gallery, "gallery items")
+    max_rank = min(_check_max_rank(max_rank), num_gallery)
+    if chunk_rows is None:
+        chunk_rows = max(1, (64 << 20) // (4 * num_gallery))
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) \
+            or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}.")
+    if rule == "sysu_mm01":
+        block_summary, rank_key = _sysu_block_rule(g_pids, g_camids), "distinct_rank"
+    else:
+        block_summary = _standard_block_rule(g_pids, g_camids, remove_same_camera)
+        rank_key = "first_rank"
+    parts = []
+    for chunk_start in range(0, num_query, int(chunk_rows)):
+        chunk_stop = min(chunk_start + int(chunk_rows), num_query)
+        block = _check_distmat(distance_rows(chunk_start, chunk_stop))
+        if block.shape != (chunk_stop - chunk_start, num_gallery):
+            raise ValueError(f"{what}: distance_rows({chunk_start}, {chunk_stop}) returned "
+                             f"shape {block.shape}, expected "
+                             f"{(chunk_stop - chunk_start, num_gallery)}.")
+        chunk_pids = q_pids[chunk_start:chunk_stop]
+        chunk_cams = _q_cams_or_none(q_camids, chunk_start, chunk_stop)
+
+        def block_metrics(start, stop, block=block, chunk_pids=chunk_pids,
+                          chunk_cams=chunk_cams):
+            return block_summary(block[start:stop], chunk_pids[start:stop],
+                                 _q_cams_or_none(chunk_cams, start, stop))
+
+        parts.extend(_map_blocks(block_metrics, _row_blocks(block.shape[0], num_gallery),
+                                 num_threads))
+    return _finish(parts, max_rank, return_per_query, what, rank_key)
+
+
+def _sysu_block_rule(g_pids, g_camids):
+    """``summary(block, q_pids, q_camids)`` of blocks of distance rows under the SYSU-MM01
+    rules (:func:`sysu_mm01_cmc_map`): :func:`_summarise` plus ``distinct_rank``."""
+    num_gallery = g_pids.shape[0]
+    base = np.arange(num_gallery, dtype=np.uint32) << np.uint32(2)
+    _, g_codes = np.unique(g_pids, return_inverse=True)
+    g_codes = g_codes.reshape(-1).astype(np.int64)
+    sentinel = int(g_codes.max()) + 1
+    gallery_camera_2 = g_camids == 2
+
+    def block_summary(block, q_pids, q_camids):
+        num_rows = block.shape[0]
+        match = g_pids[np.newaxis, :] == q_pids[:, np.newaxis]
+        excluded = (q_camids[:, np.newaxis] == 3) & gallery_camera_2[np.newaxis, :]
+        flags = match.view(np.uint8) | (excluded.view(np.uint8) << np.uint8(1))
+        words = _sorted_words(block, flags, base)
+        rows, cols, flag_values = _flagged_entries(words)
+        summary = _summarise(rows, cols, flag_values, num_rows)
+        # Distinct-identity rank: identities (not excluded) whose first occurrence in the
+        # ranked list is at or before the first valid true match.
+        codes = g_codes[((words & _LOW_MASK) >> np.uint64(2)).astype(np.intp)]
+        removed = (flag_values & _REMOVED) != 0
+        codes[rows[removed], cols[removed]] = sentinel
+        row_offsets = np.arange(num_rows, dtype=np.int64)[:, np.newaxis] * (sentinel + 1)
+        composite, first_flat = np.unique(codes + row_offsets, return_index=True)
+        first_rows = first_flat // num_gallery
+        first_cols = first_flat % num_gallery
+        keep = (composite % (sentinel + 1) != sentinel) & \
+            (first_cols <= summary["first_col"][first_rows])
+        summary["distinct_rank"] = np.bincount(first_rows[keep], minlength=num_rows)
+        return summary
+
+    return block_summary
 
 
 def sysu_mm01_cmc_map(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20,
@@ -343,33 +459,10 @@ def sysu_mm01_cmc_map(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20,
     distmat, q_pids, g_pids, q_camids, g_camids, max_rank = _prepare(
         distmat, q_pids, g_pids, q_camids, g_camids, max_rank, True)
     num_query, num_gallery = distmat.shape
-    base = np.arange(num_gallery, dtype=np.uint32) << np.uint32(2)
-    _, g_codes = np.unique(g_pids, return_inverse=True)
-    g_codes = g_codes.reshape(-1).astype(np.int64)
-    sentinel = int(g_codes.max()) + 1
-    gallery_camera_2 = g_camids == 2
+    block_summary = _sysu_block_rule(g_pids, g_camids)
 
     def block_metrics(start, stop):
-        num_rows = stop - start
-        match = g_pids[np.newaxis, :] == q_pids[start:stop, np.newaxis]
-        excluded = (q_camids[start:stop, np.newaxis] == 3) & gallery_camera_2[np.newaxis, :]
-        flags = match.view(np.uint8) | (excluded.view(np.uint8) << np.uint8(1))
-        words = _sorted_words(distmat[start:stop], flags, base)
-        rows, cols, flag_values = _flagged_entries(words)
-        summary = _summarise(rows, cols, flag_values, num_rows)
-        # Distinct-identity rank: identities (not excluded) whose first occurrence in the
-        # ranked list is at or before the first valid true match.
-        codes = g_codes[((words & _LOW_MASK) >> np.uint64(2)).astype(np.intp)]
-        removed = (flag_values & _REMOVED) != 0
-        codes[rows[removed], cols[removed]] = sentinel
-        row_offsets = np.arange(num_rows, dtype=np.int64)[:, np.newaxis] * (sentinel + 1)
-        composite, first_flat = np.unique(codes + row_offsets, return_index=True)
-        first_rows = first_flat // num_gallery
-        first_cols = first_flat % num_gallery
-        keep = (composite % (sentinel + 1) != sentinel) & \
-            (first_cols <= summary["first_col"][first_rows])
-        summary["distinct_rank"] = np.bincount(first_rows[keep], minlength=num_rows)
-        return summary
+        return block_summary(distmat[start:stop], q_pids[start:stop], q_camids[start:stop])
 
     parts = _map_blocks(block_metrics, _row_blocks(num_query, num_gallery), num_threads)
     per_query = _merge(parts)

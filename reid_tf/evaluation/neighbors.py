@@ -30,6 +30,20 @@ def _chunk_rows(num_gallery, memory_budget):
     return max(1, int(memory_budget) // (4 * max(num_gallery, 1)))
 
 
+def _nonzero_sparse(mask):
+    """``np.nonzero`` of a 2-D boolean ``mask`` with few True entries: the search runs over
+    8-byte groups (viewed as uint64) and looks only at the bytes of groups that hold one."""
+    rows, columns = mask.shape
+    flat = np.ascontiguousarray(mask).reshape(-1).view(np.uint8)
+    whole = flat.size - flat.size % 8
+    groups = np.flatnonzero(flat[:whole].view(np.uint64))
+    group_bytes = flat[:whole].reshape(-1, 8)[groups]
+    group_index, offset = np.nonzero(group_bytes)
+    positions = np.concatenate([groups[group_index] * 8 + offset,
+                                whole + np.flatnonzero(flat[whole:])])
+    return np.divmod(positions, columns)
+
+
 def smallest_per_row(distances, k):
     """``(values, columns)`` of the ``k`` smallest entries of every row of ``distances``, in
     ascending order with ties broken by the lower column (``k`` at most the row length)."""
@@ -37,11 +51,12 @@ def smallest_per_row(distances, k):
     if k >= columns:
         order = np.argsort(distances, axis=1, kind="stable")
         return np.take_along_axis(distances, order, axis=1), order
-    part = np.argpartition(distances, k - 1, axis=1)[:, :k]
-    threshold = np.take_along_axis(distances, part, axis=1).max(axis=1)
+    # The k-th smallest value of every row (np.partition moves no index array: several times
+    # faster than np.argpartition on long rows).
+    threshold = np.partition(distances, k - 1, axis=1)[:, k - 1]
     # Every entry up to the k-th value is a candidate (ties at the threshold included), so the
     # lowest columns among equal distances are the ones kept.
-    candidate_rows, candidate_columns = np.nonzero(distances <= threshold[:, np.newaxis])
+    candidate_rows, candidate_columns = _nonzero_sparse(distances <= threshold[:, np.newaxis])
     values = distances[candidate_rows, candidate_columns]
     order = np.lexsort((candidate_columns, values, candidate_rows))
     candidate_rows = candidate_rows[order]

@@ -24,6 +24,8 @@ it is reported separately and is not comparable with their numbers.
 import numpy as np
 
 from reid_tf.evaluation import reranking as _reranking
+from reid_tf.evaluation import reranking_sparse as _reranking_sparse
+from reid_tf.evaluation.chunked import cmc_map_from_features
 from reid_tf.evaluation.distance import l2_normalize, pairwise_distance
 from reid_tf.evaluation.metrics import cmc_map, sysu_mm01_cmc_map
 
@@ -37,7 +39,11 @@ __all__ = [
     "evaluate_sysu_mm01",
     "evaluate_vehicleid",
     "ranked_distances",
+    "ranked_metrics",
+    "DEFAULT_DENSE_BUDGET",
 ]
+
+DEFAULT_DENSE_BUDGET = _reranking_sparse.DEFAULT_DENSE_BUDGET
 
 RANKS = (1, 5, 10, 20)
 
@@ -147,9 +153,49 @@ def ranked_distances(q_feats, g_feats, metric="cosine", normalize=False, re_rank
     return _reranking.re_ranking(distmat, q_q, g_g, k1=k1, k2=k2, lambda_value=lambda_value)
 
 
+def ranked_metrics(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric="cosine",
+                   normalize=False, re_ranking=False, max_rank=50, remove_same_camera=True,
+                   rule="market", k1=20, k2=6, lambda_value=0.3,
+                   rerank_memory_budget=DEFAULT_DENSE_BUDGET):
+    """The metrics of the distances :func:`ranked_distances` describes, without a full
+    query × gallery matrix where none is needed:
+
+    * no re-ranking: :func:`~reid_tf.evaluation.chunked.cmc_map_from_features` (query chunks);
+    * re-ranking whose dense (Q+G)² matrices fit ``rerank_memory_budget`` bytes
+      (:func:`~reid_tf.evaluation.reranking_sparse.use_sparse`): the dense
+      :func:`~reid_tf.evaluation.reranking.re_ranking`, then ``cmc_map``;
+    * larger: the bounded-memory
+      :func:`~reid_tf.evaluation.reranking_sparse.rerank_cmc_map_from_features`.
+
+    ``rule``: ``"market"`` (``cmc_map``) or ``"sysu_mm01"`` (``sysu_mm01_cmc_map``). The result
+    adds ``re_ranking``: ``"off"``, ``"dense"`` or ``"sparse"`` (which one ran)."""
+    if not re_ranking:
+        result = cmc_map_from_features(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams,
+                                       metric=metric, normalize=normalize, max_rank=max_rank,
+                                       remove_same_camera=remove_same_camera, rule=rule)
+        result["re_ranking"] = "off"
+        return result
+    num_query, num_gallery = np.shape(q_feats)[0], np.shape(g_feats)[0]
+    if _reranking_sparse.use_sparse(num_query, num_gallery, rerank_memory_budget):
+        result = _reranking_sparse.rerank_cmc_map_from_features(
+            q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric=metric,
+            normalize=normalize, k1=k1, k2=k2, lambda_value=lambda_value, max_rank=max_rank,
+            remove_same_camera=remove_same_camera, rule=rule)
+        result["re_ranking"] = "sparse"
+        return result
+    distmat = ranked_distances(q_feats, g_feats, metric, normalize, True, k1, k2, lambda_value)
+    if rule == "sysu_mm01":
+        result = sysu_mm01_cmc_map(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
+    else:
+        result = cmc_map(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank,
+                         remove_same_camera=remove_same_camera)
+    result["re_ranking"] = "dense"
+    return result
+
+
 def evaluate_standard(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric="cosine",
                       normalize=False, re_ranking=False, max_rank=50, remove_same_camera=True,
-                      k1=20, k2=6, lambda_value=0.3):
+                      k1=20, k2=6, lambda_value=0.3, rerank_memory_budget=DEFAULT_DENSE_BUDGET):
     """Market-1501 protocol (Market-1501, DukeMTMC-reID, MSMT17, VeRi-776).
 
     Distances: :func:`~reid_tf.evaluation.distance.pairwise_distance` with ``metric`` and
@@ -157,15 +203,17 @@ def evaluate_standard(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric="
     ``normalize=True``). With ``re_ranking``, k-reciprocal re-ranking (``k1, k2, lambda_value``)
     of the query–gallery distances using the query–query and gallery–gallery distances of the
     same metric. Metrics: :func:`~reid_tf.evaluation.metrics.cmc_map` with the
-    same-identity-same-camera removal (unless ``remove_same_camera=False``).
+    same-identity-same-camera removal (unless ``remove_same_camera=False``). No Q × G matrix
+    is built without re-ranking; re-ranking switches to the bounded-memory variant when the
+    dense one would exceed ``rerank_memory_budget`` bytes (:func:`ranked_metrics`; the result's
+    ``re_ranking`` says which ran).
     """
     q_feats = _check_rows(q_feats, {"q_pids": q_pids, "q_cams": q_cams}, "query")
     g_feats = _check_rows(g_feats, {"g_pids": g_pids, "g_cams": g_cams}, "gallery")
     depth = _depth(max_rank)
-    distmat = ranked_distances(q_feats, g_feats, metric, normalize, re_ranking, k1, k2,
-                               lambda_value)
-    result = cmc_map(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=depth,
-                     remove_same_camera=remove_same_camera)
+    result = ranked_metrics(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric,
+                            normalize, re_ranking, depth, remove_same_camera, "market", k1, k2,
+                            lambda_value, rerank_memory_budget)
     return _with_ranks(result, max_rank)
 
 
@@ -193,16 +241,17 @@ def evaluate_vehicleid(features, pids, trials, metric="cosine", normalize=False,
             raise ValueError(f"trial {number} must be a (query_indices, gallery_indices) pair.")
         query = _index_array(trial[0], f"trial {number} query_indices", features.shape[0])
         gallery = _index_array(trial[1], f"trial {number} gallery_indices", features.shape[0])
-        distmat = pairwise_distance(features[query], features[gallery], metric=metric)
-        result = cmc_map(distmat, pids[query], pids[gallery], None, None, max_rank=depth,
-                         remove_same_camera=False)
+        result = cmc_map_from_features(features[query], features[gallery], pids[query],
+                                       pids[gallery], None, None, metric=metric,
+                                       max_rank=depth, remove_same_camera=False)
         results.append(_with_ranks(result, max_rank))
     return average_results(results)
 
 
 def evaluate_sysu_mm01(query_features, query_pids, query_cams, pool_features, pool_pids,
                        pool_cams, gallery_trials, max_rank=20, metric="neg_dot",
-                       normalize=True, re_ranking=False):
+                       normalize=True, re_ranking=False,
+                       rerank_memory_budget=DEFAULT_DENSE_BUDGET):
     """SYSU-MM01 protocol of CM-NAS (§9.1–9.2), averaged over gallery trials.
 
     Query features (thermal, cameras 3 and 6) and the gallery pool features (visible) are
@@ -231,16 +280,17 @@ def evaluate_sysu_mm01(query_features, query_pids, query_cams, pool_features, po
     results = []
     for number, trial in enumerate(trials):
         gallery = _index_array(trial, f"gallery trial {number}", pool_features.shape[0])
-        distmat = ranked_distances(query_features, pool_features[gallery], metric,
-                                   re_ranking=re_ranking)
-        result = sysu_mm01_cmc_map(distmat, query_pids, pool_pids[gallery], query_cams,
-                                   pool_cams[gallery], max_rank=depth)
+        result = ranked_metrics(query_features, pool_features[gallery], query_pids,
+                                pool_pids[gallery], query_cams, pool_cams[gallery], metric,
+                                re_ranking=re_ranking, max_rank=depth, rule="sysu_mm01",
+                                rerank_memory_budget=rerank_memory_budget)
         results.append(_with_ranks(result, max_rank))
     return average_results(results)
 
 
 def evaluate_regdb(query_features, gallery_features, query_pids, gallery_pids, max_rank=20,
-                   metric="neg_dot", normalize=True, re_ranking=False):
+                   metric="neg_dot", normalize=True, re_ranking=False,
+                   rerank_memory_budget=DEFAULT_DENSE_BUDGET):
     """RegDB protocol of CM-NAS (§9.3) for ONE trial.
 
     Features are L2-normalised, similarity is the dot product (ranking by descending
@@ -253,9 +303,9 @@ def evaluate_regdb(query_features, gallery_features, query_pids, gallery_pids, m
     gallery_features = _check_rows(gallery_features, {"gallery_pids": gallery_pids},
                                    "RegDB gallery")
     depth = _depth(max_rank)
-    distmat = ranked_distances(query_features, gallery_features, metric, normalize, re_ranking)
-    result = cmc_map(distmat, query_pids, gallery_pids, None, None, max_rank=depth,
-                     remove_same_camera=False)
+    result = ranked_metrics(query_features, gallery_features, query_pids, gallery_pids, None,
+                            None, metric, normalize, re_ranking, depth, False,
+                            rerank_memory_budget=rerank_memory_budget)
     return _with_ranks(result, max_rank)
 
 

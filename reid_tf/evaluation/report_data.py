@@ -27,6 +27,7 @@ import os
 
 import numpy as np
 
+from reid_tf.evaluation.chunked import FeatureDistances
 from reid_tf.evaluation.metrics import cmc_map, sysu_mm01_cmc_map
 from reid_tf.runtime.errors import UsageError
 
@@ -75,7 +76,20 @@ def removed_mask(protocol, remove_same_camera, q_pid, q_cam, g_pids, g_cams):
 
 def protocol_metric(protocol, remove_same_camera):
     """``metric(distmat, q_pids, g_pids, q_cams, g_cams)`` -> the project's metric result with
-    ``per_query`` for ``protocol`` (CMC depth 20)."""
+    ``per_query`` for ``protocol`` (CMC depth 20). ``distmat`` may also be a
+    :class:`~reid_tf.evaluation.chunked.FeatureDistances` (ranked chunk by chunk)."""
+    def metric(d, qp, gp, qc, gc):
+        if isinstance(d, FeatureDistances):
+            return d.metrics(qp, gp, qc, gc, max_rank=20,
+                             remove_same_camera=bool(remove_same_camera), return_per_query=True,
+                             rule="sysu_mm01" if protocol == "sysu_mm01" else "market")
+        return matrix_metric(d, qp, gp, qc, gc)
+
+    matrix_metric = _matrix_metric(protocol, remove_same_camera)
+    return metric
+
+
+def _matrix_metric(protocol, remove_same_camera):
     if protocol == "sysu_mm01":
         return lambda d, qp, gp, qc, gc: sysu_mm01_cmc_map(d, qp, gp, qc, gc, max_rank=20,
                                                            return_per_query=True)
@@ -122,7 +136,9 @@ def pair_metrics(distmat, q_pids, g_pids, q_cams, g_cams, q_groups, g_groups, pr
             kept = (qp == gp) & ~removed_mask(protocol, remove_same_camera, qp, qc, gp, gc)
             if not kept.any():
                 continue
-            result = metric(distmat[np.ix_(rows, columns)], q_pids[rows], gp, q_cams[rows], gc)
+            sub = (distmat.subset(rows, columns) if isinstance(distmat, FeatureDistances)
+                   else distmat[np.ix_(rows, columns)])
+            result = metric(sub, q_pids[rows], gp, q_cams[rows], gc)
             table["rank1"][i, j] = result["cmc"][0]
             table["mAP"][i, j] = result["mAP"]
             table["num_valid"][i, j] = result["num_valid_queries"]
@@ -183,14 +199,15 @@ def worst_queries(distmat, q_pids, g_pids, q_cams, g_cams, q_paths, g_paths, per
     for row, q in enumerate(chosen):
         removed = removed_mask(protocol, remove_same_camera, q_pids[q], q_cams[q], g_pids, g_cams)
         worst["num_matches"][row] = int(np.sum((g_pids == q_pids[q]) & ~removed))
-        order = np.argsort(distmat[q], kind="stable")
+        distances = np.asarray(distmat[q])
+        order = np.argsort(distances, kind="stable")
         order = order[~removed[order]][:top_k]
         length = len(order)
         worst["length"][row] = length
         worst["gallery_path"][row, :length] = [g_paths[g] for g in order]
         worst["gallery_pid"][row, :length] = g_pids[order]
         worst["gallery_cam"][row, :length] = g_cams[order]
-        worst["distance"][row, :length] = distmat[q, order]
+        worst["distance"][row, :length] = distances[order]
         worst["correct"][row, :length] = g_pids[order] == q_pids[q]
     worst["gallery_path"] = worst["gallery_path"].astype(str)
     return worst
@@ -224,7 +241,9 @@ def collect_report_data(summary, details, flags=None, tag=None, settings=None):
     of SYSU-MM01 and RegDB follow from the cameras. Returns a dict of arrays and a ``meta``
     dict (JSON-ready)."""
     settings = settings or ReportSettings()
-    distmat = np.asarray(details["distmat"])
+    distmat = details["distmat"]
+    if not isinstance(distmat, FeatureDistances):
+        distmat = np.asarray(distmat)
     q_pids, g_pids = np.asarray(details["q_pids"]), np.asarray(details["g_pids"])
     q_cams, g_cams = np.asarray(details["q_cams"]), np.asarray(details["g_cams"])
     if distmat.shape != (len(q_pids), len(g_pids)):
@@ -260,6 +279,7 @@ def collect_report_data(summary, details, flags=None, tag=None, settings=None):
         "num_gallery": int(len(g_pids)),
         "num_valid_queries": int(result["num_valid_queries"]),
         "mAP_of_details": float(result["mAP"]),
+        "distances": details.get("distances_note", "full query x gallery matrix"),
         "created": datetime.datetime.now().isoformat(timespec="seconds")}
     return data
 

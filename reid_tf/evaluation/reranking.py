@@ -92,9 +92,12 @@ def _reciprocal_mask(ranks, width):
     return mask
 
 
-def _encoding(distances, ranks, k1):
-    """Sparse ``V`` of step 2 (k-reciprocal sets with expansion, Gaussian weights)."""
-    num_items = distances.shape[0]
+def _encoding(pair_distances, ranks, k1):
+    """Sparse ``V`` of step 2 (k-reciprocal sets with expansion, Gaussian weights).
+
+    ``pair_distances(rows, cols)`` gives ``D[rows, cols]`` (the dense matrix, or distances
+    computed from features for the bounded-memory variant); ``ranks`` the rank lists."""
+    num_items = ranks.shape[0]
     width = min(k1 + 1, num_items)
     half_width = min(int(np.around(k1 / 2.0)) + 1, num_items)
     forward = ranks[:, :width]
@@ -129,7 +132,7 @@ def _encoding(distances, ranks, k1):
         selected[expansion_rows[keep], expansion[keep]] = True
 
         local, cols = np.nonzero(selected)
-        weights = np.exp(-distances[rows[local], cols])
+        weights = np.exp(-pair_distances(rows[local], cols))
         totals = np.bincount(local, weights=weights, minlength=stop - start).astype(np.float32)
         all_rows.append(rows[local])
         all_cols.append(cols)
@@ -156,43 +159,82 @@ def _query_expansion(encoding, ranks, k2):
     return expanded
 
 
+class _SharedMass:
+    """``s[i, j] = Σ_k min(V[i,k], V[j,k])`` between query rows and gallery columns of ``V``,
+    produced a bounded chunk of query rows at a time (:meth:`rows`)."""
+
+    def __init__(self, encoding, num_query):
+        self.num_query = num_query
+        self.num_gallery = encoding.shape[0] - num_query
+        self.queries = encoding[:num_query].tocsr()
+        self.queries.sort_indices()
+        self.gallery = encoding[num_query:].tocsc()
+        self.gallery.sort_indices()
+        self.column_counts = np.diff(self.gallery.indptr)
+        # Pairs (query entry, gallery entry sharing its column) generated per query row.
+        query_rows = np.repeat(np.arange(num_query), np.diff(self.queries.indptr))
+        self.pair_counts = np.bincount(query_rows,
+                                       weights=self.column_counts[self.queries.indices],
+                                       minlength=num_query).astype(np.int64)
+
+    def rows(self, first, last):
+        """float32 ``(last - first, G)`` shared mass of queries ``first:last``."""
+        queries, gallery, num_gallery = self.queries, self.gallery, self.num_gallery
+        column_counts, pair_counts = self.column_counts, self.pair_counts
+        rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(num_gallery, 1))
+        similarity = np.zeros((last - first, num_gallery), dtype=np.float32)
+        start = first
+        while start < last:
+            stop = start + 1
+            budget = pair_counts[start]
+            while stop < last and stop - start < rows_per_chunk \
+                    and budget + pair_counts[stop] <= _CHUNK_ELEMENTS:
+                budget += pair_counts[stop]
+                stop += 1
+            lo, hi = queries.indptr[start], queries.indptr[stop]
+            entry_rows = np.repeat(np.arange(stop - start),
+                                   np.diff(queries.indptr[start:stop + 1]))
+            entry_cols = queries.indices[lo:hi]
+            entry_values = queries.data[lo:hi]
+            counts = column_counts[entry_cols]
+            entry_index = np.repeat(np.arange(hi - lo), counts)
+            offsets = np.arange(entry_index.size) - np.repeat(np.cumsum(counts) - counts,
+                                                              counts)
+            positions = gallery.indptr[entry_cols][entry_index] + offsets
+            minimum = np.minimum(entry_values[entry_index], gallery.data[positions])
+            target = entry_rows[entry_index] * num_gallery + gallery.indices[positions]
+            sums = np.bincount(target, weights=minimum,
+                               minlength=(stop - start) * num_gallery)
+            similarity[start - first:stop - first] = sums.reshape(stop - start, num_gallery)
+            start = stop
+        return similarity
+
+
+def _jaccard_from_shared(similarity):
+    return 1 - similarity / (np.float32(2) - similarity)
+
+
 def _jaccard(encoding, num_query):
     """Step 4, query rows × gallery columns: ``1 − s/(2 − s)``, ``s = Σ_k min(V_ik, V_jk)``."""
-    num_items = encoding.shape[0]
-    num_gallery = num_items - num_query
-    queries = encoding[:num_query].tocsr()
-    queries.sort_indices()
-    gallery = encoding[num_query:].tocsc()
-    gallery.sort_indices()
-    column_counts = np.diff(gallery.indptr)
-    # Pairs (query entry, gallery entry sharing its column) generated per query row.
-    query_rows = np.repeat(np.arange(num_query), np.diff(queries.indptr))
-    pair_counts = np.bincount(query_rows, weights=column_counts[queries.indices],
-                              minlength=num_query).astype(np.int64)
-    rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(num_gallery, 1))
-    similarity = np.zeros((num_query, num_gallery), dtype=np.float32)
-    start = 0
-    while start < num_query:
-        stop = start + 1
-        budget = pair_counts[start]
-        while stop < num_query and stop - start < rows_per_chunk \
-                and budget + pair_counts[stop] <= _CHUNK_ELEMENTS:
-            budget += pair_counts[stop]
-            stop += 1
-        lo, hi = queries.indptr[start], queries.indptr[stop]
-        entry_rows = np.repeat(np.arange(stop - start), np.diff(queries.indptr[start:stop + 1]))
-        entry_cols = queries.indices[lo:hi]
-        entry_values = queries.data[lo:hi]
-        counts = column_counts[entry_cols]
-        entry_index = np.repeat(np.arange(hi - lo), counts)
-        offsets = np.arange(entry_index.size) - np.repeat(np.cumsum(counts) - counts, counts)
-        positions = gallery.indptr[entry_cols][entry_index] + offsets
-        minimum = np.minimum(entry_values[entry_index], gallery.data[positions])
-        target = entry_rows[entry_index] * num_gallery + gallery.indices[positions]
-        sums = np.bincount(target, weights=minimum, minlength=(stop - start) * num_gallery)
-        similarity[start:stop] = sums.reshape(stop - start, num_gallery)
-        start = stop
-    return 1 - similarity / (np.float32(2) - similarity)
+    return _jaccard_from_shared(_SharedMass(encoding, num_query).rows(0, num_query))
+
+
+def _combine(jaccard, original, lambda_value):
+    """Step 5: ``(1 − λ)·Jaccard + λ·D`` in float32."""
+    return (jaccard * (1 - lambda_value) + original * lambda_value).astype(np.float32)
+
+
+def _check_parameters(k1, k2, lambda_value):
+    k1 = _check_positive_int(k1, "k1")
+    k2 = _check_positive_int(k2, "k2")
+    lambda_value = float(lambda_value)
+    if not 0.0 <= lambda_value <= 1.0:
+        raise ValueError(f"lambda_value must lie in [0, 1], got {lambda_value}.")
+    return k1, k2, lambda_value
+
+
+def _rank_depth(num_items, k1, k2):
+    return min(num_items, max(k1 + 1, k2, int(np.around(k1 / 2.0)) + 1))
 
 
 def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
@@ -221,19 +263,14 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
     num_query, num_gallery = q_g_dist.shape
     _check_square(q_q_dist, "q_q_dist", num_query)
     _check_square(g_g_dist, "g_g_dist", num_gallery)
-    k1 = _check_positive_int(k1, "k1")
-    k2 = _check_positive_int(k2, "k2")
-    lambda_value = float(lambda_value)
-    if not 0.0 <= lambda_value <= 1.0:
-        raise ValueError(f"lambda_value must lie in [0, 1], got {lambda_value}.")
+    k1, k2, lambda_value = _check_parameters(k1, k2, lambda_value)
 
     distances = _normalised_squared_distances(q_g_dist, q_q_dist, g_g_dist)
     num_items = distances.shape[0]
-    depth = min(num_items, max(k1 + 1, k2, int(np.around(k1 / 2.0)) + 1))
-    ranks = _rank_lists(distances, depth)
-    encoding = _encoding(distances, ranks, k1)
+    ranks = _rank_lists(distances, _rank_depth(num_items, k1, k2))
+    encoding = _encoding(lambda rows, cols: distances[rows, cols], ranks, k1)
     if k2 != 1:
         encoding = _query_expansion(encoding, ranks, min(k2, num_items))
     jaccard = _jaccard(encoding, num_query)
     original = distances[:num_query, num_query:]
-    return (jaccard * (1 - lambda_value) + original * lambda_value).astype(np.float32)
+    return _combine(jaccard, original, lambda_value)

@@ -19,6 +19,8 @@ class EvaluationSettings:
       normalize: L2-normalise the features before the distance; None: the protocol's own
         (the cross-modality protocols normalise, the others do not).
       use_re_ranking: k-reciprocal re-ranking (every protocol but VehicleID).
+      rerank_memory_budget: bytes the dense re-ranking's (Q+G)² matrices may take; larger
+        problems run the bounded-memory one (:mod:`reid_tf.evaluation.reranking_sparse`).
       trial_num: random gallery trials averaged (SYSU-MM01, VehicleID).
       sysu_shot: SYSU-MM01 gallery images per identity and camera.
       seed: the seed of the VehicleID trials.
@@ -34,6 +36,7 @@ class EvaluationSettings:
     metric: str = None
     normalize: bool = None
     use_re_ranking: bool = False
+    rerank_memory_budget: int = 8 << 30
     trial_num: int = 10
     sysu_shot: int = 1
     seed: int = 0
