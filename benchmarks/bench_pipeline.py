@@ -1,4 +1,4 @@
-"""Throughput of the training input pipeline (read + resize + augment + batch) at 256 × 128.
+"""Throughput of the training input pipeline (read + resize + augment + batch), 256 × 128 default.
 
 Writes a folder of synthetic JPEGs (128 × 64, the native Market-1501 size, so every image is
 resized) to a temporary folder, then times :func:`reid_tf.data.pipeline.make_training_dataset`
@@ -6,18 +6,23 @@ with a PK sampler (P = 16, K = 4) and the chosen augmentation recipe, once readi
 from disk and once from the in-memory image cache (a second epoch with ``cache_images``). The
 first batch of each run is a warm-up and is not timed. Prints ONE JSON line.
 
-Usage: ``python benchmarks/bench_pipeline.py [--recipe flipreid] [--steps 8] [--images 1024]``
+Usage: ``python benchmarks/bench_pipeline.py [--recipe flipreid] [--steps 8] [--images 1024]
+[--height 256 --width 128] [--parallel N]``
 """
 import argparse
 import json
 import os
 import tempfile
+import sys
 import time
 
-import reid_tf  # noqa: F401  (project convention: first import)
-import cv2
-import numpy as np
-import pandas as pd
+# This checkout's reid_tf, not the one the virtual environment's editable install points to.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import reid_tf  # noqa: E402,F401  (project convention: first import)
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from reid_tf.data.augmentation import RECIPES, build_augmentation
 from reid_tf.data.images import ImageCache
@@ -62,15 +67,18 @@ def main():
     parser.add_argument("--images", type=int, default=1024, help="synthetic JPEGs to write")
     parser.add_argument("--parallel", type=int, default=None,
                         help="num_parallel_calls (default tf.data.AUTOTUNE)")
+    parser.add_argument("--height", type=int, default=HEIGHT)
+    parser.add_argument("--width", type=int, default=WIDTH)
     args = parser.parse_args()
+    height, width = args.height, args.width
     with tempfile.TemporaryDirectory(prefix="reid_tf_bench_pipeline_") as folder:
         table = write_synthetic_jpegs(folder, args.images)
         sampler = PKSampler.from_dataframe(table, P, K, steps_per_epoch=args.steps + 1, seed=0)
         label_map = make_label_map(table)
-        augmentation = build_augmentation(args.recipe, HEIGHT, WIDTH)
+        augmentation = build_augmentation(args.recipe, height, width)
 
         def dataset(epoch, cache):
-            return make_training_dataset(table, sampler, HEIGHT, WIDTH, augmentation, label_map,
+            return make_training_dataset(table, sampler, height, width, augmentation, label_map,
                                          seed=0, epoch_index=epoch,
                                          num_parallel_calls=args.parallel, cache_images=cache)
 
@@ -82,7 +90,8 @@ def main():
     print(json.dumps({
         "benchmark": "training_pipeline",
         "recipe": args.recipe,
-        "image_size": [HEIGHT, WIDTH],
+        "image_size": [height, width],
+        "parallel": args.parallel,
         "batch_size": P * K,
         "timed_images": timed,
         "cpu_count": os.cpu_count(),

@@ -4,7 +4,8 @@ Training: ``make_training_dataset`` turns the batches of a sampler
 (:mod:`reid_tf.data.sampler`) into a ``tf.data.Dataset`` of ``(images, labels)``:
 ``images`` ``float32 (B, H, W, 3)`` normalised with the ImageNet mean/std, ``labels`` ``int32
 (B,)`` contiguous training labels. Images are read (:func:`reid_tf.data.images.read_image`) and
-augmented (:mod:`reid_tf.data.augmentation`) in parallel with a deterministic order; the
+augmented (:mod:`reid_tf.data.augmentation`) one batch per Python call, several batches in
+parallel with a deterministic order; the
 augmentation of element ``i`` of step ``s`` in epoch ``e`` depends only on
 ``(seed, e, s, i)``. A cross-modality sampler gives batches of ``2B`` images: the ``B`` visible
 images then the ``B`` infrared images, with ``labels[:B] == labels[B:]``.
@@ -174,7 +175,9 @@ def make_training_dataset(dataframe, sampler, height, width, augmentation, label
         epoch_index: which epoch of the sampler to produce.
         start_step: skip the first ``start_step`` batches (resuming mid-epoch: the remaining
             batches, their augmentation included, are exactly those of an uninterrupted run).
-        num_parallel_calls: parallel readers/augmenters (default ``tf.data.AUTOTUNE``).
+        num_parallel_calls: batches read and augmented in parallel (default
+            ``tf.data.AUTOTUNE``); each batch is one Python call that reads and augments its
+            images in order.
         cache_images: ``True`` keeps decoded, resized ``uint8`` images in the process-wide
             cache (:func:`shared_image_cache`) so later epochs only augment; an
             :class:`~reid_tf.data.images.ImageCache` uses that cache; ``False`` reads every time.
@@ -194,21 +197,31 @@ def make_training_dataset(dataframe, sampler, height, width, augmentation, label
     load = _load_function(height, width, _resolve_cache(cache_images), resize)
     augmenter = Augmenter(augmentation, height, width)
 
-    def load_and_augment(row, step, position):
-        row = int(row.numpy())
-        image = load(paths[row])
-        return augmenter(image, (seed, epoch_index, int(step.numpy()), int(position.numpy())))
+    batch_size = elements["batch_size"]
 
-    def map_element(row, step, position, label):
-        image = tf.py_function(load_and_augment, [row, step, position], Tout=tf.float32)
-        image.set_shape((height, width, 3))
-        return image, label
+    def load_and_augment_batch(rows, steps, positions):
+        # One Python call per batch (not per image): the per-call cost of tf.py_function
+        # (GIL hand-over, tensor conversion, scheduling) is paid once per batch. Every image
+        # keeps its own seed (seed, epoch, step, position), so the result is the same as
+        # augmenting the images one by one, whichever thread runs the batch.
+        images = np.empty((len(rows), height, width, 3), np.float32)
+        for index, (row, step, position) in enumerate(zip(rows.numpy().tolist(),
+                                                          steps.numpy().tolist(),
+                                                          positions.numpy().tolist())):
+            images[index] = augmenter(load(paths[row]), (seed, epoch_index, step, position))
+        return images
+
+    def map_batch(rows, steps, positions, labels):
+        images = tf.py_function(load_and_augment_batch, [rows, steps, positions],
+                                Tout=tf.float32)
+        images.set_shape((batch_size, height, width, 3))
+        return images, labels
 
     dataset = tf.data.Dataset.from_tensor_slices(
         (elements["row"], elements["step"], elements["position"], elements["label"]))
-    dataset = dataset.map(map_element, num_parallel_calls=_parallel_calls(num_parallel_calls),
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.map(map_batch, num_parallel_calls=_parallel_calls(num_parallel_calls),
                           deterministic=True)
-    dataset = dataset.batch(elements["batch_size"], drop_remainder=True)
     return _prefetch(dataset, prefetch)
 
 
@@ -229,21 +242,26 @@ def make_test_dataset(dataframe, height, width, batch_size, flip=False, num_para
     load = _load_function(height, width, _resolve_cache(cache_images), resize)
     flip = bool(flip)
 
-    def load_and_normalize(row):
-        image = load(paths[int(row.numpy())])
-        if flip:
-            image = image[:, ::-1]
-        return normalize_image(np.ascontiguousarray(image))
+    def load_and_normalize_batch(rows):
+        # One Python call per batch, as in make_training_dataset.
+        rows = rows.numpy().tolist()
+        images = np.empty((len(rows), height, width, 3), np.float32)
+        for index, row in enumerate(rows):
+            image = load(paths[row])
+            if flip:
+                image = image[:, ::-1]
+            images[index] = normalize_image(np.ascontiguousarray(image))
+        return images
 
-    def map_element(row):
-        image = tf.py_function(load_and_normalize, [row], Tout=tf.float32)
-        image.set_shape((height, width, 3))
-        return image
+    def map_batch(rows):
+        images = tf.py_function(load_and_normalize_batch, [rows], Tout=tf.float32)
+        images.set_shape((None, height, width, 3))
+        return images
 
     dataset = tf.data.Dataset.range(len(paths))
-    dataset = dataset.map(map_element, num_parallel_calls=_parallel_calls(num_parallel_calls),
-                          deterministic=True)
     dataset = dataset.batch(int(batch_size), drop_remainder=False)
+    dataset = dataset.map(map_batch, num_parallel_calls=_parallel_calls(num_parallel_calls),
+                          deterministic=True)
     return _prefetch(dataset, prefetch)
 
 

@@ -33,6 +33,7 @@ import time
 import tensorflow as tf
 
 from reid_tf.runtime import distribute
+from reid_tf.training.timing import EpochTimer, timed_batches
 
 
 class NonFiniteLossError(RuntimeError):
@@ -188,6 +189,7 @@ class Engine:
         self._state_sources = {}
         self.checkpoint = None
         self.checkpoint_manager = None
+        self.last_epoch_timing = None
 
     # ------------------------------------------------------------------ checkpoint
     def track(self, objects, state_sources):
@@ -338,11 +340,15 @@ class Engine:
     def _run_epoch(self, train_step, phase, phase_index, epoch, global_epoch):
         """One epoch: its steps, then :meth:`end_epoch`, the checkpoint, the history row, the
         TensorBoard scalars and :meth:`after_checkpoint`. Returns the row."""
+        timer = EpochTimer()
         self.begin_epoch(phase, epoch, global_epoch)
         sums, count = {}, 0
         started = time.time()
-        for step_index, batch in enumerate(self.epoch_batches(global_epoch)):
+        for step_index, (batch, images) in enumerate(
+                timed_batches(self.epoch_batches(global_epoch), timer)):
+            step_started = time.perf_counter()
             values = self.train_step(train_step, step_index, batch)
+            timer.add_step(time.perf_counter() - step_started, images)
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value
             count += 1
@@ -352,4 +358,7 @@ class Engine:
         self.history.append(row)
         self.write_scalars(row, global_epoch + 1)
         self.after_checkpoint(phase, epoch, row)
+        # Input / step / other split of the epoch (reid_tf.training.timing).
+        self.last_epoch_timing = timer.stop()
+        timer.write(global_epoch + 1)
         return row
