@@ -238,8 +238,11 @@ class SwitchableBatchNormalization(keras.layers.Layer):
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
         self.unbiased_moving_variance = bool(unbiased_moving_variance)
+        # The three sets compute in this layer's dtype policy (a float64 layer has float64
+        # sets; by default both follow the global policy, as before).
         options = dict(momentum=momentum, epsilon=epsilon,
-                       unbiased_moving_variance=unbiased_moving_variance)
+                       unbiased_moving_variance=unbiased_moving_variance,
+                       dtype=self.dtype_policy)
         self.visible_bn = TorchBatchNormalization(name="visible_bn", **options)
         self.thermal_bn = TorchBatchNormalization(name="thermal_bn", **options)
         self.sharable_bn = TorchBatchNormalization(name="sharable_bn", **options)
