@@ -162,7 +162,8 @@ class TorchBatchNormalization(keras.layers.Layer):
     def _update_moving_statistics(self, mean, variance, count):
         if self.unbiased_moving_variance:
             variance = variance * count / tf.maximum(count - 1.0, 1.0)
-        decay = tf.cast(self.momentum, mean.dtype)
+        # tf.constant, not tf.cast: a Python float cast to float64 goes through float32.
+        decay = tf.constant(self.momentum, dtype=mean.dtype)
         self.moving_mean.assign(decay * self.moving_mean + (1.0 - decay) * mean)
         self.moving_variance.assign(decay * self.moving_variance + (1.0 - decay) * variance)
 
