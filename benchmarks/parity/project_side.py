@@ -4,7 +4,7 @@ Never imports the reference. It prepares the inputs both sides consume (the synt
 Market-1501 tree, fixed training batches read through the project's loader, the test images),
 converts the reference's initial state dict with :mod:`reid_tf.convert.msinet`, computes the
 first step's loss terms and gradients with the project's model and objective, runs the project's
-training (``reid_tf.training.run.run``, the path of ``solution.py``) on the fixed batches, and
+training (``reid_tf.cli.train.run``, the path of ``solution.py``) on the fixed batches, and
 compares everything with the reference's outputs part by part.
 """
 import json
@@ -218,12 +218,12 @@ class FixedBatches:
 
 
 def train_on_fixed_batches(values, batches_path, dtype=np.float32):
-    """``reid_tf.training.run.run(values)`` with the training input replaced by the batches.
+    """``reid_tf.cli.train.run(values)`` with the training input replaced by the batches.
 
     Returns the run folder (``training_model.h5``, ``evaluation.json``, ``test.npz``).
     """
     from reid_tf.training import data as training_data
-    from reid_tf.training import run as run_module
+    from reid_tf.cli import train as run_module
 
     original = training_data.TrainingInput
     training_data.TrainingInput = lambda *args, **kwargs: FixedBatches(batches_path, dtype)

@@ -162,7 +162,8 @@ class TorchBatchNormalization(keras.layers.Layer):
     def _update_moving_statistics(self, mean, variance, count):
         if self.unbiased_moving_variance:
             variance = variance * count / tf.maximum(count - 1.0, 1.0)
-        decay = tf.cast(self.momentum, mean.dtype)
+        # tf.constant, not tf.cast: a Python float cast to float64 goes through float32.
+        decay = tf.constant(self.momentum, dtype=mean.dtype)
         self.moving_mean.assign(decay * self.moving_mean + (1.0 - decay) * mean)
         self.moving_variance.assign(decay * self.moving_variance + (1.0 - decay) * variance)
 
@@ -238,8 +239,11 @@ class SwitchableBatchNormalization(keras.layers.Layer):
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
         self.unbiased_moving_variance = bool(unbiased_moving_variance)
+        # The three sets compute in this layer's dtype policy (a float64 layer has float64
+        # sets; by default both follow the global policy, as before).
         options = dict(momentum=momentum, epsilon=epsilon,
-                       unbiased_moving_variance=unbiased_moving_variance)
+                       unbiased_moving_variance=unbiased_moving_variance,
+                       dtype=self.dtype_policy)
         self.visible_bn = TorchBatchNormalization(name="visible_bn", **options)
         self.thermal_bn = TorchBatchNormalization(name="thermal_bn", **options)
         self.sharable_bn = TorchBatchNormalization(name="sharable_bn", **options)

@@ -16,6 +16,14 @@ import tf_keras as keras
 from reid_tf.runtime.choices import OPTIMIZERS
 
 
+def _hyper(value, dtype):
+    """A Python-number hyper-parameter in ``dtype``. ``tf.cast(0.9, tf.float64)`` would round it
+    through float32 first (0.8999999762), so float64 training would not be float64."""
+    if isinstance(value, (int, float)):
+        return tf.constant(value, dtype=dtype)
+    return tf.cast(value, dtype)
+
+
 class TorchSGD(keras.optimizers.Optimizer):
     """SGD with PyTorch's momentum buffer and coupled (L2) weight decay; no dampening."""
 
@@ -40,10 +48,10 @@ class TorchSGD(keras.optimizers.Optimizer):
         lr = tf.cast(self.learning_rate, variable.dtype)
         gradient = tf.convert_to_tensor(gradient)
         if self.weight_decay_l2:
-            gradient = gradient + tf.cast(self.weight_decay_l2, variable.dtype) * variable
+            gradient = gradient + _hyper(self.weight_decay_l2, variable.dtype) * variable
         if self.momentum:
             buf = self.momentums[self._index_dict[self._var_key(variable)]]
-            momentum = tf.cast(self.momentum, variable.dtype)
+            momentum = _hyper(self.momentum, variable.dtype)
             buf.assign(momentum * buf + gradient)
             step = gradient + momentum * buf if self.nesterov else buf
         else:
@@ -85,11 +93,11 @@ class TorchAdam(keras.optimizers.Optimizer):
         dtype = variable.dtype
         lr = tf.cast(self.learning_rate, dtype)
         step = tf.cast(self.iterations + 1, dtype)
-        beta_1 = tf.cast(self.beta_1, dtype)
-        beta_2 = tf.cast(self.beta_2, dtype)
+        beta_1 = _hyper(self.beta_1, dtype)
+        beta_2 = _hyper(self.beta_2, dtype)
         gradient = tf.convert_to_tensor(gradient)
         if self.weight_decay_l2:
-            gradient = gradient + tf.cast(self.weight_decay_l2, dtype) * variable
+            gradient = gradient + _hyper(self.weight_decay_l2, dtype) * variable
         index = self._index_dict[self._var_key(variable)]
         m = self.first_moments[index]
         v = self.second_moments[index]
@@ -97,7 +105,7 @@ class TorchAdam(keras.optimizers.Optimizer):
         v.assign(beta_2 * v + (1.0 - beta_2) * tf.square(gradient))
         bias_correction_1 = 1.0 - tf.pow(beta_1, step)
         bias_correction_2 = 1.0 - tf.pow(beta_2, step)
-        denominator = tf.sqrt(v) / tf.sqrt(bias_correction_2) + tf.cast(self.epsilon, dtype)
+        denominator = tf.sqrt(v) / tf.sqrt(bias_correction_2) + _hyper(self.epsilon, dtype)
         variable.assign_sub(lr / bias_correction_1 * m / denominator)
 
     def get_config(self):
