@@ -33,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reid_tf  # noqa: E402,F401  (project convention: first import)
 import numpy as np  # noqa: E402
 
-from reid_tf.evaluation import chunked, cmc_map, cmc_map_from_features, pairwise_distance  # noqa: E402
+from reid_tf.evaluation import (chunked, cmc_map, cmc_map_from_features,  # noqa: E402
+                                pairwise_distance)
 
 
 def _status(key):

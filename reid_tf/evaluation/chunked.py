@@ -14,10 +14,13 @@ from reid_tf.evaluation.distance import (distance_chunk, gallery_terms, paired_d
                                          prepared_features)
 from reid_tf.evaluation.metrics import cmc_map_blocks
 
-__all__ = ["cmc_map_from_features", "DEFAULT_MEMORY_BUDGET", "FeatureDistances", "chunk_rows_for"]
+__all__ = ["cmc_map_from_features", "DEFAULT_MEMORY_BUDGET", "FeatureDistances",
+           "chunk_rows_for"]
 
-# Bytes of float32 distances one query chunk may hold.
-DEFAULT_MEMORY_BUDGET = 256 << 20
+# Bytes of float32 distances one query chunk may hold (1 GiB: with a 10^6 gallery that is 268
+# query rows, enough for the matrix product to run near the machine's GEMM rate; 67 rows ran it
+# at about half that rate, benchmarks/NOTES.md).
+DEFAULT_MEMORY_BUDGET = 1 << 30
 
 
 def chunk_rows_for(num_gallery, memory_budget):

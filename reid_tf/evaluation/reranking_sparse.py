@@ -31,7 +31,7 @@ switch the protocols apply (``memory_budget`` of the setting ``rerank_memory_bud
 """
 import numpy as np
 
-from reid_tf.evaluation.chunked import DEFAULT_MEMORY_BUDGET, chunk_rows_for
+from reid_tf.evaluation.chunked import chunk_rows_for
 from reid_tf.evaluation.distance import (distance_chunk, gallery_terms, paired_distances,
                                          prepared_features)
 from reid_tf.evaluation.metrics import cmc_map_blocks
@@ -42,6 +42,9 @@ from reid_tf.evaluation.reranking import (_SharedMass, _check_parameters, _combi
 __all__ = ["DEFAULT_DENSE_BUDGET", "dense_re_ranking_bytes", "use_sparse",
            "rerank_cmc_map_from_features"]
 
+# Bytes of float32 distances one chunk of rows may hold here (the neighbour search keeps a few
+# temporaries of a chunk's size).
+DEFAULT_MEMORY_BUDGET = 256 << 20
 # Bytes the dense re-ranking may take before the protocols switch to this one (8 GiB).
 DEFAULT_DENSE_BUDGET = 8 << 30
 # float32 (Q+G)² matrices alive at the dense version's peak: the three input blocks (together
