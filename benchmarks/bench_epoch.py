@@ -12,8 +12,8 @@ epoch's images/s and its split into waiting for input, the step and the rest
 (``bench_train_msinet.py``: fixed inputs, no pipeline): the floor of the loop.
 ``--reference`` adds the reference MSINet ``train.py`` (``--reference_root``, read-only) on the
 same tree, same epochs, on the CPU: its ``.cuda()`` calls are no-ops and its epochs timed by a
-``sitecustomize.py`` in ``--reference_site`` (outside the project; see NOTES.md), with
-torchvision from ``--torchvision_path``. ``--search`` adds one epoch of ``python -m nas.search``
+``sitecustomize.py`` this script writes into its temporary folder (outside the project), with
+torchvision from ``--torchvision_path`` (unpacked wheel; see NOTES.md). ``--search`` adds one epoch of ``python -m nas.search``
 (``configs/nas/synthetic_quick.flags``). ``--steps_per_epoch N`` caps both loops at N steps
 (the reference through ``REF_STEPS``). Prints one JSON line per run and a summary table.
 """
@@ -30,6 +30,69 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = {"msinet": "configs/msinet/market1501.flags",
            "flipreid": "configs/flipreid/market1501_resnet50.flags"}
+
+
+# Written into a temporary folder (outside the project) put first on the reference's PYTHONPATH.
+REFERENCE_SITECUSTOMIZE = '''\
+# Run the reference MSINet train.py on a CPU and time its epochs (bench_epoch.py).
+# .cuda() is a no-op; numpy 2's np.sum(generator) is given a list; each epoch's time
+# (model.train() .. lr_scheduler.step()) is appended to $REF_EPOCH_TIMING as a JSON line;
+# $REF_STEPS caps the batches of an epoch; at torch.save (after the last epoch, before its
+# evaluation) the process exits.
+import itertools, json, os, time
+import numpy as np
+import torch
+
+torch.Tensor.cuda = lambda self, *a, **k: self
+torch.nn.Module.cuda = lambda self, *a, **k: self
+_sum = np.sum
+np.sum = lambda x, *a, **k: _sum(list(x) if hasattr(x, "__next__") else x, *a, **k)
+
+_record = os.environ.get("REF_EPOCH_TIMING")
+_steps = int(os.environ.get("REF_STEPS", "0") or 0)
+_state = {"start": None, "steps": 0, "batch": 0, "epoch": 0}
+
+_train = torch.nn.Module.train
+def _timed_train(self, mode=True):
+    if mode and _state["start"] is None and type(self).__name__.lower().startswith("msinet"):
+        _state.update(start=time.perf_counter(), steps=0)
+    return _train(self, mode)
+torch.nn.Module.train = _timed_train
+
+_backward = torch.Tensor.backward
+def _counted_backward(self, *a, **k):
+    _state["steps"] += 1
+    return _backward(self, *a, **k)
+torch.Tensor.backward = _counted_backward
+
+import torch.utils.data as _data
+_iter = _data.DataLoader.__iter__
+def _capped_iter(self):
+    _state["batch"] = self.batch_size or 0
+    iterator = _iter(self)
+    return itertools.islice(iterator, _steps) if _steps else iterator
+_data.DataLoader.__iter__ = _capped_iter
+
+from torch.optim import lr_scheduler as _lrs
+_step = _lrs.LRScheduler.step
+def _timed_step(self, *a, **k):
+    if _state["start"] is not None:
+        seconds = time.perf_counter() - _state["start"]
+        _state["epoch"] += 1
+        if _record:
+            with open(_record, "a") as handle:
+                handle.write(json.dumps({"epoch": _state["epoch"], "steps": _state["steps"],
+                                         "images": _state["steps"] * _state["batch"],
+                                         "total_seconds": seconds}) + "\\n")
+        _state["start"] = None
+    return _step(self, *a, **k)
+_lrs.LRScheduler.step = _timed_step
+
+_save = torch.save
+def _exit_at_save(*a, **k):
+    os._exit(0)
+torch.save = _exit_at_save
+'''
 
 
 def synthetic_tree(cache_folder, identities):
@@ -80,8 +143,8 @@ def run_reid_tf(args, recipe, height, width, cache_folder, folder, cache_images)
     epochs = read_records(timing)
     if not epochs:
         # A checkout without reid_tf.training.timing: the steps' rate from history.csv.
-        histories = glob.glob(os.path.join(folder, "runs", "*", "history.csv"))
-        with open(histories[0]) as handle:
+        backbone = "msinet" if recipe == "msinet" else "resnet50"
+        with open(os.path.join(folder, "runs", f"Synthetic_{backbone}", "history.csv")) as handle:
             epochs = [{"steps": int(row["steps"]), "images_per_second_of_steps":
                        float(row["images_per_second"])} for row in csv.DictReader(handle)]
     return {"run": "reid-tf", "recipe": recipe, "size": f"{height}x{width}",
@@ -91,7 +154,11 @@ def run_reid_tf(args, recipe, height, width, cache_folder, folder, cache_images)
 
 def run_reference(args, height, width, tree, folder):
     timing = os.path.join(folder, f"reference_{height}x{width}.jsonl")
-    python_path = os.pathsep.join([args.reference_site, args.torchvision_path])
+    site = os.path.join(folder, "reference_site")
+    os.makedirs(site, exist_ok=True)
+    with open(os.path.join(site, "sitecustomize.py"), "w") as handle:
+        handle.write(REFERENCE_SITECUSTOMIZE)
+    python_path = os.pathsep.join([site, args.torchvision_path])
     environment = dict(os.environ, PYTHONPATH=python_path, REF_EPOCH_TIMING=timing,
                        REF_STEPS=str(args.steps_per_epoch), PYTHONDONTWRITEBYTECODE="1")
     command = [sys.executable, "train.py", "-ds", "market1501", f"--data-dir={tree}",
@@ -172,7 +239,6 @@ def main():
     parser.add_argument("--project_root", default=ROOT,
                         help="the reid-tf checkout whose solution.py runs (e.g. a 'before')")
     parser.add_argument("--reference_root", default="/work/refs/MSINet")
-    parser.add_argument("--reference_site", default="/tmp/loop_ref/site")
     parser.add_argument("--torchvision_path", default="/tmp/loop_ref/tv")
     parser.add_argument("--data_cache", default=os.path.join(tempfile.gettempdir(),
                                                              "reid_tf_bench_epoch_data"))
@@ -188,10 +254,9 @@ def main():
     unknown = [name for name in recipes if name not in RECIPES]
     if unknown:
         raise SystemExit(f"error: --recipes: unknown {unknown}; choose from {list(RECIPES)}")
-    if args.reference and not os.path.isfile(os.path.join(args.reference_site,
-                                                          "sitecustomize.py")):
-        raise SystemExit(f"error: --reference_site={args.reference_site} has no "
-                         "sitecustomize.py (see benchmarks/NOTES.md)")
+    if args.reference and not os.path.isdir(os.path.join(args.torchvision_path, "torchvision")):
+        raise SystemExit(f"error: --torchvision_path={args.torchvision_path} holds no "
+                         "torchvision package (see benchmarks/NOTES.md, 'Epoch throughput')")
     tree = synthetic_tree(args.data_cache, args.identities)
     records = []
     with tempfile.TemporaryDirectory(prefix="reid_tf_bench_epoch_") as folder:

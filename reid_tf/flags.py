@@ -49,7 +49,8 @@ def define_data_flags():
                  os.path.abspath(os.path.join(os.getcwd(), "output")),
                  "Parent of the run's output folder <dataset_name>_<backbone_model_name>.")
     _define_once(flags.DEFINE_integer, "workers", 5,
-                 "Parallel image decoding/augmentation calls of the tf.data pipeline.")
+                 "Batches the tf.data pipeline reads and augments in parallel (each batch is "
+                 "one Python call over its images).")
     _define_once(flags.DEFINE_integer, "seed", 0, "Seed of sampling, augmentation and init.")
     _define_once(flags.DEFINE_bool, "deterministic", False,
                  "Enable TensorFlow's deterministic ops (bitwise reproducible resume).")
