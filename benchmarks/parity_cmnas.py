@@ -7,7 +7,7 @@ compares the first step's loss terms (CE, four-term triplet, 5 SP, 0.05 CMMD) an
 features, the gradient of every parameter, the BN running statistics of every switchable BN set
 (visible / thermal / sharable) after the first forward pass, and the weights after ``--steps``
 Adam steps of the recipe's optimiser (three groups, backbone at 0.1 x lr, coupled weight decay,
-betas (0.5, 0.999), epoch-index-0 warm-up rate), the reference's ``train_eval.py`` step against
+betas (0.5, 0.999), epoch-index-0 warm-up rate) and the EMA shadow (0.997), the reference's ``train_eval.py`` step against
 reid-tf's ``Trainer`` as ``solution.py`` builds it.
 
 The reference half (``benchmarks/parity/cmnas_reference_side.py``) runs in a subprocess with the
@@ -147,6 +147,11 @@ def compare(options, dtype):
     result["weights_after_steps"] = _summary({name: error(final_mine[name], value)
                                               for name, value in final_reference.items()})
     result["tensors_the_reference_leaves_unchanged"] = unchanged
+    ema_reference = project.keras_layout(reference, "ema/")
+    if ema_reference and any(key.startswith("ema/") for key in mine):
+        ema_errors = {name: error(mine[f"ema/{name}"] - init[name], value - init[name])
+                      for name, value in ema_reference.items() if np.any(value - init[name])}
+        result["ema_shadow_changes_after_steps"] = _summary(ema_errors)
     return result
 
 
