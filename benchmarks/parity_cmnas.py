@@ -7,7 +7,7 @@ compares the first step's loss terms (CE, four-term triplet, 5 SP, 0.05 CMMD) an
 features, the gradient of every parameter, the BN running statistics of every switchable BN set
 (visible / thermal / sharable) after the first forward pass, and the weights after ``--steps``
 Adam steps of the recipe's optimiser (three groups, backbone at 0.1 x lr, coupled weight decay,
-betas (0.5, 0.999), epoch-index-0 warm-up rate), the reference's ``train_eval.py`` step against
+betas (0.5, 0.999), epoch-index-0 warm-up rate) and the EMA shadow (0.997), the reference's ``train_eval.py`` step against
 reid-tf's ``Trainer`` as ``solution.py`` builds it.
 
 The reference half (``benchmarks/parity/cmnas_reference_side.py``) runs in a subprocess with the
@@ -147,6 +147,44 @@ def compare(options, dtype):
     result["weights_after_steps"] = _summary({name: error(final_mine[name], value)
                                               for name, value in final_reference.items()})
     result["tensors_the_reference_leaves_unchanged"] = unchanged
+    ema_reference = project.keras_layout(reference, "ema/")
+    if ema_reference and any(key.startswith("ema/") for key in mine):
+        ema_errors = {name: error(mine[f"ema/{name}"] - init[name], value - init[name])
+                      for name, value in ema_reference.items() if np.any(value - init[name])}
+        result["ema_shadow_changes_after_steps"] = _summary(ema_errors)
+    return result
+
+
+def noise_floor(options):
+    """The float32 reference against the float64 reference (and the float32 project against
+    the float64 reference): how much float32 rounding alone moves each quantity."""
+    sys.path.insert(0, SIDES)
+    import cmnas_project_side as project
+
+    work = options.work_folder
+    exact = dict(np.load(os.path.join(work, "reference_float64.npz")))
+    initial = project.keras_layout(dict(np.load(os.path.join(work, "reference_init.npz"))), "")
+    exact_gradients = project.keras_layout(exact, "grad/")
+    exact_final = project.keras_layout(exact, "final/")
+    result = {}
+    for label, path, layout in (
+            ("reference float32", "reference_float32.npz", True),
+            ("project float32", "project_float32.npz", False)):
+        other = dict(np.load(os.path.join(work, path)))
+        if layout:
+            gradients = project.keras_layout(other, "grad/")
+            final = project.keras_layout(other, "final/")
+        else:
+            gradients = {k[len("grad/"):]: v for k, v in other.items() if k.startswith("grad/")}
+            final = {k[len("final/"):]: v for k, v in other.items() if k.startswith("final/")}
+        updates = {name: project.relative_error(final[name] - initial[name],
+                                                value - initial[name])
+                   for name, value in exact_final.items() if np.any(value - initial[name])}
+        result[label] = {
+            "gradients": _summary({name: project.relative_error(gradients[name], value)
+                                   for name, value in exact_gradients.items()}),
+            "weight_updates_after_steps": _summary(updates),
+            "step_losses": other["step_losses"].tolist()}
     return result
 
 
@@ -170,6 +208,10 @@ def main(argv=None):
         _project(options, dtype)
         results[dtype] = compare(options, dtype)
         print(json.dumps({dtype: results[dtype]}, indent=1), flush=True)
+    if {"float32", "float64"} <= set(results):
+        results["float32_against_float64_reference"] = noise_floor(options)
+        print(json.dumps({"float32_against_float64_reference":
+                          results["float32_against_float64_reference"]}, indent=1), flush=True)
     with open(os.path.join(options.work_folder, "results.json"), "w") as handle:
         json.dump(results, handle, indent=1)
     return results

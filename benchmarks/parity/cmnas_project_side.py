@@ -192,6 +192,8 @@ def run_project(work, config_path, height, width, steps, dtype_name):
     record["step_losses"] = np.array(step_losses)
     for variable in model.weights:
         record[f"final/{variable.name}"] = variable.numpy()
+    for variable, shadow in zip(trainer.ema.variables_tracked, trainer.ema.shadow):
+        record[f"ema/{variable.name}"] = shadow.numpy()
     return record
 
 

@@ -23,10 +23,12 @@ import torch.nn as nn
 from losses import CMMD, SP, TripletLoss  # the reference checkout (PYTHONPATH)
 from models import TwoStreamSwitchBNOp
 from utils.lr_scheduler import WarmupMultiStepLR
+from utils.utils import EMA
 
 # train_sysu.sh / cmnas.md §8.1
 LR, WEIGHT_DECAY, BETAS = 0.01, 5e-4, (0.5, 0.999)
 MARGIN, SP_LAMBDA, CMMD_LAMBDA = 0.4, 5.0, 0.05
+EMA_DECAY = 0.997  # train_sysu.sh
 STEPS_MILESTONES, GAMMA, WARMUP_EPOCHS, WARMUP_FACTOR = [40, 70], 0.1, 10, 0.01
 
 
@@ -75,6 +77,8 @@ def train_steps(work, seed, dtype_name, steps):
     criterion_tri = TripletLoss(margin=MARGIN, feat_norm="no")
     criterion_sp = SP()
     criterion_cmmd = CMMD(4)
+    ema = EMA(model, EMA_DECAY)
+    ema.register()
 
     record = {"learning_rates": np.array([group["lr"] for group in optimizer.param_groups])}
     step_losses = []
@@ -108,10 +112,14 @@ def train_steps(work, seed, dtype_name, steps):
                     # buffers change in place: copy
                     record[f"bn_first/{name}"] = buffer.detach().clone().numpy()
         optimizer.step()
+        ema.update()
     record["step_losses"] = np.array(step_losses)
     for name, value in model.state_dict().items():
         if "num_batches_tracked" not in name:
             record[f"final/{name}"] = value.detach().numpy()
+    for name, value in ema.state_dict().items():
+        if "num_batches_tracked" not in name:
+            record[f"ema/{name}"] = value.detach().numpy()
     np.savez(os.path.join(work, f"reference_{dtype_name}.npz"), **record)
 
 
