@@ -11,3 +11,4 @@ from reid_tf.retrieval.features_folder import (  # noqa: F401
     load_features,
     worker_share,
 )
+from reid_tf.retrieval.index import GalleryIndex  # noqa: F401
