@@ -20,7 +20,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(VENV)/bin/python
 
 $(VENV)/.installed-test: setup.cfg pyproject.toml $(VENV)/.installed
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[cpu,test,torch,onnx,faiss]"
+	$(PIP) install --quiet -e ".[cpu,test,torch,onnx,faiss,litert]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -15,7 +15,8 @@ from reid_tf.cli.validation import flag_given, parse_dataset_options, validate_f
 from reid_tf.models.cmnas_config import DEFAULT_CONFIG_FILE as CMNAS_DEFAULT_CONFIG
 from reid_tf.runtime.choices import (AUGMENTATION_RECIPES, BACKBONES, DISTANCE_METRICS,
                                      EXPORT_FORMATS, POOLING_MODES, SAM_MODES,
-                                     RESIZE_INTERPOLATIONS, SAMPLER_POLICIES, STRATEGIES)
+                                     RESIZE_INTERPOLATIONS, SAMPLER_POLICIES, STRATEGIES,
+                                     TFLITE_QUANTIZATIONS)
 
 REFERENCE_ROOT_FOLDER = os.path.expanduser("~/Documents/Local Storage/Dataset")
 
@@ -189,3 +190,6 @@ def define_flags():
     _define_once(flags.DEFINE_integer, "vehicleid_test_size", 2400, "VehicleID test size (800/1600/2400).")
     _define_once(flags.DEFINE_string, "export_formats", "h5",
                         f"Comma-separated inference-model exports: {', '.join(EXPORT_FORMATS)}.")
+    _define_once(flags.DEFINE_string, "tflite_quantization", "float32",
+                        f"LiteRT export (--export_formats tflite): {', '.join(TFLITE_QUANTIZATIONS)} "
+                        "(int8: dynamic range, int8 weights).")

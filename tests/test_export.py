@@ -132,8 +132,8 @@ def test_mode_model_exports_one_signature_and_onnx_file_per_mode(tmp_path):
 
 
 def test_unknown_format_is_named(tmp_path):
-    with pytest.raises(ValueError, match="--export_formats: unknown format 'tflite'"):
-        export.export_inference_model(mode_model(), str(tmp_path), "tflite")
+    with pytest.raises(ValueError, match="--export_formats: unknown format 'tensorrt'"):
+        export.export_inference_model(mode_model(), str(tmp_path), "tensorrt")
 
 
 def test_solution_exports_after_training_and_with_evaluation_only(tmp_path):

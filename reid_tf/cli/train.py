@@ -106,7 +106,7 @@ def save_weights(models, weight_targets, run_folder):
     models.inference_model.save_weights(os.path.join(run_folder, "inference_model.h5"))
 
 
-def export_models(models, run_folder, formats, weights_saved=True):
+def export_models(models, run_folder, formats, weights_saved=True, tflite_quantization="float32"):
     """Write the ``--export_formats`` of the inference model into ``run_folder``
     (:mod:`reid_tf.export`); ``h5`` only when the weights were not saved already (after
     training :func:`save_weights` wrote ``inference_model.h5``; ``--evaluation_only`` did
@@ -115,7 +115,8 @@ def export_models(models, run_folder, formats, weights_saved=True):
     for name in [part for part in formats.split(",") if part]:
         if name == "h5" and weights_saved:
             continue
-        path = export.export_inference_model(models.inference_model, run_folder, name)
+        path = export.export_inference_model(models.inference_model, run_folder, name,
+                                             tflite_quantization=tflite_quantization)
         print(f"Exported the inference model as {name}: {path}")
 
 
@@ -239,7 +240,8 @@ def _run_collecting(values, strategy, folder, left_out):
     if values.evaluation_only:
         results["evaluation"] = evaluator(models.inference_model, "evaluation")
         results["left_out"] = list(left_out)
-        export_models(models, run_folder, values.export_formats, weights_saved=False)
+        export_models(models, run_folder, values.export_formats, weights_saved=False,
+                      tflite_quantization=values.tflite_quantization)
         print("All done!")
         return results
 
@@ -274,7 +276,8 @@ def _run_collecting(values, strategy, folder, left_out):
                                       target_frame, os.path.join(run_folder, "target"),
                                       target_protocol, main_dataset=False)
         results["target"] = target_evaluator(models.inference_model, "target")
-    export_models(models, run_folder, values.export_formats)
+    export_models(models, run_folder, values.export_formats,
+                  tflite_quantization=values.tflite_quantization)
     results["left_out"] = list(left_out)
     if "untrained" in results and "trained" in results:
         print_comparison(results["untrained"], results["trained"])

@@ -12,7 +12,8 @@ from absl import flags
 from reid_tf.runtime.choices import (AUGMENTATION_RECIPES, BACKBONES, CROSS_MODALITY_PROTOCOLS,
                                      DISTANCE_METRICS, EXPORT_FORMATS, FLIPREID_BACKBONES,
                                      LEARNING_RATE_MODES, MIXED_PRECISION_POLICIES, OPTIMIZERS,
-                                     POOLING_MODES, SAM_MODES, SAMPLER_POLICIES, STRATEGIES)
+                                     POOLING_MODES, SAM_MODES, SAMPLER_POLICIES, STRATEGIES,
+                                     TFLITE_QUANTIZATIONS)
 
 
 def parse_dataset_options(items):
@@ -66,6 +67,12 @@ def _check_choices(values):
     formats = [part for part in values.export_formats.split(",") if part]
     unknown = [part for part in formats if part not in EXPORT_FORMATS]
     _check(not unknown, f"--export_formats: unknown {unknown}; expected {', '.join(EXPORT_FORMATS)}.")
+    _check(values.tflite_quantization in TFLITE_QUANTIZATIONS,
+           f"--tflite_quantization={values.tflite_quantization!r}: expected one of "
+           f"{', '.join(repr(choice) for choice in TFLITE_QUANTIZATIONS)}.")
+    _check("tflite" in formats or not flag_given(values, "tflite_quantization"),
+           f"--tflite_quantization={values.tflite_quantization!r}: quantizes the LiteRT export, "
+           "which --export_formats does not include; add tflite to it or drop the flag.")
     from reid_tf.training.schedules import parse_milestones
     try:
         parse_milestones(values.learning_rate_milestones)

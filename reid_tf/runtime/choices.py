@@ -43,4 +43,6 @@ MIXED_PRECISION_POLICIES = ("", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 # Inference-model exports (reid_tf.export).
-EXPORT_FORMATS = ("h5", "savedmodel", "onnx")
+EXPORT_FORMATS = ("h5", "savedmodel", "onnx", "tflite")
+# LiteRT variants of --tflite_quantization (int8: dynamic range).
+TFLITE_QUANTIZATIONS = ("float32", "float16", "int8")
