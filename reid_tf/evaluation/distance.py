@@ -63,16 +63,8 @@ def pairwise_distance(query_features, gallery_features, metric="euclidean", norm
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
             or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
-    query = _as_features(query_features, "query_features")
-    gallery = _as_features(gallery_features, "gallery_features")
-    if query.shape[1] != gallery.shape[1]:
-        raise ValueError(
-            f"query_features have {query.shape[1]} dimensions but gallery_features have "
-            f"{gallery.shape[1]}."
-        )
-    dtype = np.result_type(query.dtype, gallery.dtype)
-    query = query.astype(dtype, copy=False)
-    gallery = gallery.astype(dtype, copy=False)
+    # The queries are normalised chunk by chunk below; only the gallery is normalised here.
+    query, gallery = prepared_features(query_features, gallery_features, metric, False)
     if normalize:
         gallery = l2_normalize(gallery)
     terms = gallery_terms(gallery, metric)
