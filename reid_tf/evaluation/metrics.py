@@ -252,16 +252,24 @@ def _with_per_query(result, per_query, ranks, wanted):
 
 def _prepare(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, need_cameras):
     distmat = _check_distmat(distmat)
-    num_query, num_gallery = distmat.shape
-    q_pids = _as_vector(q_pids, "q_pids", num_query, "rows (queries)")
-    g_pids = _as_vector(g_pids, "g_pids", num_gallery, "columns (gallery items)")
+    labels = _labels(q_pids, g_pids, q_camids, g_camids, *distmat.shape, max_rank, need_cameras,
+                     "rows (queries)", "columns (gallery items)")
+    return (distmat, *labels)
+
+
+def _labels(q_pids, g_pids, q_camids, g_camids, num_query, num_gallery, max_rank, need_cameras,
+            query_name, gallery_name):
+    """The label vectors checked against the query and gallery counts (cameras only when the
+    camera rule needs them) and ``max_rank`` capped at the gallery size."""
+    q_pids = _as_vector(q_pids, "q_pids", num_query, query_name)
+    g_pids = _as_vector(g_pids, "g_pids", num_gallery, gallery_name)
     if need_cameras:
         if q_camids is None or g_camids is None:
             raise ValueError("q_camids and g_camids are required by the camera rule.")
-        q_camids = _as_vector(q_camids, "q_camids", num_query, "rows (queries)")
-        g_camids = _as_vector(g_camids, "g_camids", num_gallery, "columns (gallery items)")
+        q_camids = _as_vector(q_camids, "q_camids", num_query, query_name)
+        g_camids = _as_vector(g_camids, "g_camids", num_gallery, gallery_name)
     max_rank = min(_check_max_rank(max_rank), num_gallery)
-    return distmat, q_pids, g_pids, q_camids, g_camids, max_rank
+    return q_pids, g_pids, q_camids, g_camids, max_rank
 
 
 def cmc_map(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, remove_same_camera=True,
@@ -363,14 +371,9 @@ def cmc_map_blocks(distance_rows, num_query, num_gallery, q_pids, g_pids, q_cami
         raise ValueError(f"{what}: no queries or no gallery ({num_query} x {num_gallery}).")
     if num_gallery >= _MAX_GALLERY:
         raise ValueError(f"A gallery of {num_gallery} items is too large (limit 2**30).")
-    q_pids = _as_vector(q_pids, "q_pids", num_query, "queries")
-    g_pids = _as_vector(g_pids, "g_pids", num_gallery, "gallery items")
-    if remove_same_camera:
-        if q_camids is None or g_camids is None:
-            raise ValueError("q_camids and g_camids are required by the camera rule.")
-        q_camids = _as_vector(q_camids, "q_camids", num_query, "queries")
-        g_camids = _as_vector(g_camids, "g_camids", num_gallery, "gallery items")
-    max_rank = min(_check_max_rank(max_rank), num_gallery)
+    q_pids, g_pids, q_camids, g_camids, max_rank = _labels(
+        q_pids, g_pids, q_camids, g_camids, num_query, num_gallery, max_rank,
+        remove_same_camera, "queries", "gallery items")
     if chunk_rows is None:
         chunk_rows = max(1, (64 << 20) // (4 * num_gallery))
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) \
