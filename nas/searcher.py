@@ -35,6 +35,7 @@ from nas.spaces import search_space_class
 from nas.spaces.base import evaluation_settings
 from reid_tf.runtime import distribute, environment
 from reid_tf.runtime.choices import CROSS_MODALITY_PROTOCOLS
+from reid_tf.runtime.files import atomic_path
 from reid_tf.training.engine import Engine, NonFiniteLossError, Phase, RunFolder
 
 PRINT_FREQUENCY = 100
@@ -188,8 +189,13 @@ class Searcher(Engine):
 
     # ------------------------------------------------------------------ the loop's hooks
     def search(self):
-        """Run (or continue) the search; returns the final result (the genotype for msi)."""
-        return self.fit()
+        """Run (or continue) the search; returns the final result (the genotype for msi). The
+        run folder's lock, taken when the searcher was built, is held until it returns."""
+        self.run_folder.acquire()
+        try:
+            return self.fit()
+        finally:
+            self.run_folder.release()
 
     def begin_fit(self, phase_index, epoch):
         self.alpha_history.truncate(epoch)
@@ -269,8 +275,8 @@ class Searcher(Engine):
             summary = self.evaluate(f"epoch{epoch + 1}")
             row.update({key: summary[key] for key in ("rank1", "rank5", "rank10", "mAP")
                         if key in summary})
-            self.space.weights_model.save_weights(
-                os.path.join(self.folder, f"weights_epoch{epoch + 1}.h5"))
+            with atomic_path(os.path.join(self.folder, f"weights_epoch{epoch + 1}.h5")) as path:
+                self.space.weights_model.save_weights(path)
 
     def after_checkpoint(self, phase, epoch, row):
         if self.after_epoch is not None:

@@ -20,7 +20,6 @@ folder: the others write into a temporary folder that is removed at the end.
 This is an entry point: it turns the flag values into the library's settings
 (:mod:`reid_tf.cli.settings`) and nothing below it sees the flags.
 """
-import json
 import os
 import sys
 
@@ -34,6 +33,7 @@ from reid_tf.models.factory import build_models, evaluation_outputs
 from reid_tf.retrieval.run_settings import RunSettings, save_run_settings
 from reid_tf.runtime import distribute, environment
 from reid_tf.runtime.choices import CROSS_MODALITY_PROTOCOLS
+from reid_tf.runtime.files import atomic_path, write_json
 from reid_tf.training.engine import RunFolder
 
 
@@ -102,8 +102,10 @@ def load_pretrained_weights(weight_targets, file_path):
 def save_weights(models, weight_targets, run_folder):
     """``training_model.h5`` in the family's plain training-model layout (the same with and
     without the flip structure, which adds no weights) and ``inference_model.h5``."""
-    weight_targets[-2].save_weights(os.path.join(run_folder, "training_model.h5"))
-    models.inference_model.save_weights(os.path.join(run_folder, "inference_model.h5"))
+    with atomic_path(os.path.join(run_folder, "training_model.h5")) as path:
+        weight_targets[-2].save_weights(path)
+    with atomic_path(os.path.join(run_folder, "inference_model.h5")) as path:
+        models.inference_model.save_weights(path)
 
 
 def export_models(models, run_folder, formats, weights_saved=True, tflite_quantization="float32"):
@@ -281,8 +283,7 @@ def _run_collecting(values, strategy, folder, left_out):
     results["left_out"] = list(left_out)
     if "untrained" in results and "trained" in results:
         print_comparison(results["untrained"], results["trained"])
-    with open(os.path.join(run_folder, "results.json"), "w") as handle:
-        json.dump(results, handle, indent=2, default=float)
+    write_json(os.path.join(run_folder, "results.json"), results, indent=2, default=float)
     print("All done!")
     return results
 

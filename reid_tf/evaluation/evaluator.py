@@ -15,7 +15,6 @@ This is the engine side of evaluation; the metrics themselves (pure numpy) live 
 """
 import dataclasses
 import functools
-import json
 import os
 
 import numpy as np
@@ -26,6 +25,7 @@ from reid_tf.evaluation.chunked import FeatureDistances
 from reid_tf.evaluation.distance import pairwise_distance
 from reid_tf.evaluation.reranking_sparse import dense_re_ranking_bytes
 from reid_tf.models.switchable_bn import MODE_BY_MODALITY
+from reid_tf.runtime.files import write_json
 
 
 class FeatureExtractor:
@@ -263,8 +263,7 @@ def write_evaluation_outputs(summary, details, output_folder, tag=None, query_fe
     if tag:
         record["tag"] = tag
     record["cmc"] = [float(value) for value in details["cmc"]]
-    with open(os.path.join(output_folder, "evaluation.json"), "w") as handle:
-        json.dump(record, handle, indent=2)
+    write_json(os.path.join(output_folder, "evaluation.json"), record, indent=2)
     if draw:
         visualization.plot_cmc_curve(details["cmc"], os.path.join(output_folder, "cmc_curve.png"),
                                      title=f"CMC ({tag})" if tag else "CMC")

@@ -10,12 +10,17 @@
 * the loop: phases of epochs (:class:`Phase`; FlipReID's frozen-backbone phase then the full
   one; one phase for a search), each epoch one pass over the subclass's batches through its
   traced step, with the stop on a non-finite loss (:class:`NonFiniteLossError`);
+* the run-folder lock (``RUN/.run.lock``, :mod:`reid_tf.runtime.locks`): the chief holds it
+  from :class:`RunFolder` until :meth:`RunFolder.close`, so a second run on the same folder
+  stops at once (:class:`~reid_tf.runtime.errors.RunFolderInUseError`);
 * the resumable checkpoint (``checkpoint/``): the subclass's objects plus the position
-  (phase, epoch) and the state text of every resumable data source, saved after every epoch;
-  :meth:`Engine.restore` continues from the latest one (the workers of a multi-worker run
-  must all resume from the same position);
-* ``history.csv`` (one row per epoch, truncated to the restored position on resume) and
-  TensorBoard scalars (``tensorboard/``);
+  (phase, epoch) and the state text of every resumable data source, saved after every epoch
+  with a manifest of its files' sizes and SHA-256 (:mod:`reid_tf.training.checkpointing`);
+  :meth:`Engine.restore` continues from the latest complete one, passing over a truncated or
+  corrupted one with a log line (the workers of a multi-worker run must all resume from the
+  same position);
+* ``history.csv`` (one row per epoch, truncated to the restored position on resume; rewritten
+  atomically, :mod:`reid_tf.runtime.files`) and TensorBoard scalars (``tensorboard/``);
 * the per-replica step under a ``tf.distribute`` strategy (:func:`on_replicas`) and the
   refusal of ``jit_compile`` with one (:func:`check_jit_compile`).
 
@@ -32,7 +37,10 @@ import time
 
 import tensorflow as tf
 
-from reid_tf.runtime import distribute
+from reid_tf.runtime import distribute, faults
+from reid_tf.runtime import files as atomic_files
+from reid_tf.runtime.locks import LOCK_FILE_NAME, RunLock
+from reid_tf.training.checkpointing import VerifiedCheckpoints
 from reid_tf.training.timing import EpochTimer, timed_batches
 
 
@@ -81,15 +89,28 @@ class RunFolder:
       path: where this process writes: ``chief`` on the chief, a fresh temporary folder on
         the other workers.
       restore_path: where this process resumes from: ``chief``, or ``path`` when the run
-        starts afresh (``overwrite``: the chief first deletes the run folder).
+        starts afresh (``overwrite``: the chief first empties the run folder).
+
+    The chief takes the run folder's lock (``.run.lock``) before touching anything in it
+    (also before ``overwrite`` empties it) and holds it until :meth:`close`; another run on
+    the same folder raises :class:`~reid_tf.runtime.errors.RunFolderInUseError`.
     """
 
     def __init__(self, chief, strategy=None, overwrite=False):
         self.strategy = strategy or tf.distribute.get_strategy()
         self.chief = os.path.abspath(os.path.expanduser(chief))
         self.path = distribute.worker_output_folder(self.chief, self.strategy)
-        if overwrite and self.path == self.chief and os.path.isdir(self.chief):
-            shutil.rmtree(self.chief)
+        self.lock = RunLock(self.chief) if self.path == self.chief else None
+        self.acquire()
+        if overwrite and self.path == self.chief:
+            for entry in os.listdir(self.chief):
+                if entry == LOCK_FILE_NAME:
+                    continue
+                entry = os.path.join(self.chief, entry)
+                if os.path.isdir(entry) and not os.path.islink(entry):
+                    shutil.rmtree(entry)
+                else:
+                    os.remove(entry)
         os.makedirs(self.path, exist_ok=True)
         self.restore_path = self.path if overwrite else self.chief
 
@@ -97,8 +118,19 @@ class RunFolder:
     def is_chief(self):
         return self.path == self.chief
 
+    def acquire(self):
+        """Take the run folder's lock again after :meth:`release` (chief only)."""
+        if self.lock is not None:
+            self.lock.acquire()
+
+    def release(self):
+        """Release the run folder's lock (the end of a run; the process ending does too)."""
+        if self.lock is not None:
+            self.lock.release()
+
     def close(self):
-        """Remove a non-chief worker's temporary folder (nothing on the chief)."""
+        """Release the lock; remove a non-chief worker's temporary folder."""
+        self.release()
         distribute.remove_worker_output_folder(self.path, self.strategy)
 
 
@@ -118,24 +150,21 @@ class History:
             return list(reader.fieldnames or []), list(reader)
 
     def _write(self, header, rows):
-        with open(self.path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=header, restval="")
+        # The whole file, atomically: a kill never leaves half a row.
+        with atomic_files.atomic_open(self.path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=header, restval="",
+                                    extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 
     def append(self, row):
-        header, _ = self._read()
+        header, rows = self._read()
         if not header:
             header = self.columns or list(row)
-            self._write(header, [])
         elif self.columns is None and set(row) - set(header):
-            # A new column (e.g. evaluation metrics): rewrite with the union of columns.
-            header, rows = self._read()
+            # A new column (e.g. evaluation metrics): the union of the columns.
             header = header + [name for name in row if name not in header]
-            self._write(header, rows)
-        with open(self.path, "a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=header, restval="",
-                           extrasaction="ignore").writerow(row)
+        self._write(header, rows + [row])
 
     def truncate(self, column, last):
         """Keep the rows whose ``column`` is at most ``last`` (a resumed run rewrites the
@@ -201,7 +230,7 @@ class Engine:
         tracked = dict(objects, position=self._position)
         tracked.update({name: variable for name, (_, variable) in self._state_sources.items()})
         self.checkpoint = tf.train.Checkpoint(**tracked)
-        self.checkpoint_manager = tf.train.CheckpointManager(
+        self.checkpoint_manager = VerifiedCheckpoints(
             self.checkpoint, os.path.join(self.output_folder, "checkpoint"),
             max_to_keep=self.checkpoint_max_to_keep)
 
@@ -209,20 +238,23 @@ class Engine:
         return sum(phase.epochs for phase in self.phases[:phase_index]) + epoch
 
     def save_checkpoint(self, phase_index, epoch):
-        """Save the state after ``epoch`` completed epochs of phase ``phase_index``."""
+        """Save the state after ``epoch`` completed epochs of phase ``phase_index`` (checkpoint
+        number: the completed epochs of the run). Raises
+        :class:`~reid_tf.runtime.errors.CheckpointWriteError` when it cannot be written."""
         self._position.assign([phase_index, epoch])
         for source, variable in self._state_sources.values():
             variable.assign(source.get_state())
-        self.checkpoint_manager.save(checkpoint_number=self._global_epoch(phase_index, epoch))
+        self.checkpoint_manager.save(self._global_epoch(phase_index, epoch))
 
     def restore(self):
-        """Restore the latest checkpoint of ``restore_folder`` if there is one; returns the
-        position ``(phase_index, epoch)`` to continue from."""
+        """Restore the latest complete checkpoint of ``restore_folder`` if there is one;
+        returns the position ``(phase_index, epoch)`` to continue from. A truncated or
+        corrupted checkpoint is logged and passed over for the previous one; raises
+        :class:`~reid_tf.runtime.errors.CheckpointError` when none is complete."""
         directory = os.path.join(self.restore_folder, "checkpoint")
-        latest = tf.train.latest_checkpoint(directory)
+        latest = self.checkpoint_manager.restore_latest(directory, log=self.log)
         position = (0, 0)
         if latest is not None:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
             for source, variable in self._state_sources.values():
                 state = variable.numpy().decode()
                 if state:
@@ -323,6 +355,8 @@ class Engine:
         self.begin_fit(start_phase, start_epoch)
         rows = []
         global_epoch = start_global
+        # Steps of the run so far (for the fault injection of the tests).
+        self._steps_done = self._steps_before(start_global)
         for phase_index in range(start_phase, len(self.phases)):
             phase = self.phases[phase_index]
             first_epoch = start_epoch if phase_index == start_phase else 0
@@ -337,6 +371,12 @@ class Engine:
             self.end_phase(phase)
         return self.end_fit(rows)
 
+    def _steps_before(self, global_epoch):
+        """Steps the run made in its first ``global_epoch`` epochs (from ``history.csv``)."""
+        _, rows = self.history._read()  # noqa: SLF001
+        return sum(int(row.get("steps") or 0) for row in rows
+                   if int(row[self.position_column]) <= global_epoch)
+
     def _run_epoch(self, train_step, phase, phase_index, epoch, global_epoch):
         """One epoch: its steps, then :meth:`end_epoch`, the checkpoint, the history row, the
         TensorBoard scalars and :meth:`after_checkpoint`. Returns the row."""
@@ -349,6 +389,8 @@ class Engine:
             step_started = time.perf_counter()
             values = self.train_step(train_step, step_index, batch)
             timer.add_step(time.perf_counter() - step_started, images)
+            self._steps_done += 1
+            faults.kill_if_armed("kill_at_step", self._steps_done)
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value
             count += 1
