@@ -151,6 +151,9 @@ class VerifiedCheckpoints:
         try:
             os.makedirs(self.directory, exist_ok=True)
             self._remove(number)  # leftovers of an interrupted save of the same number
+            # Written with the checkpoint (as tf.train.Checkpoint.save does), so that
+            # restore() finds every object it creates.
+            self.checkpoint.save_counter.assign(number)
             self.checkpoint.write(prefix)
             names = checkpoint_files(prefix)
             faults.kill_if_armed("kill_during_checkpoint", number,
