@@ -192,3 +192,135 @@ def test_second_process_on_a_locked_folder_stops_and_a_killed_holder_leaves_no_l
     lock = RunLock(folder).acquire()  # the kernel released the killed holder's lock
     assert lock.held
     lock.release()
+
+
+# ---------------------------------------------------------------------------- kill and resume
+SYNTHETIC = "num_train_identities=10,num_test_identities=3,images_per_identity=6"
+TRAINING_FLAGS = [
+    "--dataset_name=Synthetic", "--backbone_model_name=msinet", "--image_height=64",
+    "--image_width=32", "--identity_num_per_batch=4", "--image_num_per_identity=2",
+    "--steps_per_epoch=2", "--epoch_num=3", "--freeze_backbone_for_N_epochs=0",
+    "--deterministic", "--optimizer_name=sgd", "--learning_rate_mode=warmup_multistep",
+    "--learning_rate_base=0.01", "--learning_rate_warmup_epochs=2",
+    "--learning_rate_milestones=2", "--momentum=0.9", "--weight_decay=5e-4",
+    "--testing_size=0", "--sampler_policy=msinet", "--augmentation_recipe=msinet",
+    "--use_horizontal_flipping_inside_model", "--cache_images", "--workers=1"]
+SEARCH_FLAGS = [
+    "--dataset_name=Synthetic", "--image_height=64", "--image_width=32",
+    "--identity_num_per_batch=2", "--image_num_per_identity=2", "--steps_per_epoch=2",
+    "--epoch_num=2", "--workers=1", "--genotype_interval=1", "--evaluation_interval=0",
+    "--search_warmup_epochs=1", "--deterministic", "--cache_images"]
+TRAINING_STEPS, SEARCH_STEPS = 3 * 2, 2 * 2
+
+
+@pytest.fixture(scope="module")
+def synthetic_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("synthetic_cache"))
+
+
+def _command(kind, output, cache):
+    options = f"--dataset_options=cache_folder_path={cache},{SYNTHETIC}"
+    if kind == "training":
+        return [sys.executable, "solution.py", *TRAINING_FLAGS, options,
+                f"--output_folder_path={output}"]
+    return [sys.executable, "-m", "nas.search", *SEARCH_FLAGS, options,
+            f"--output_folder_path={output}"]
+
+
+def _launch(kind, output, cache, fault=""):
+    """Run the command line to its end (or its SIGKILL); returns the CompletedProcess."""
+    environment = _environment(**{faults.ENVIRONMENT_VARIABLE: fault})
+    return subprocess.run(_command(kind, output, cache), cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _run_folder(kind, output):
+    return os.path.join(output, "Synthetic_msinet" if kind == "training" else "Synthetic_search")
+
+
+def _final_state(kind, output):
+    """Every tensor of the final checkpoint (weights, optimiser slots, the data sources'
+    state text; search: α and the memories) but the save counter, and for training the
+    weights of training_model.h5."""
+    folder = _run_folder(kind, output)
+    reader = tf.train.load_checkpoint(os.path.join(folder, "checkpoint"))
+    state = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+             if not name.startswith("save_counter")}
+    if kind == "training":
+        import h5py
+        with h5py.File(os.path.join(folder, "training_model.h5"), "r") as handle:
+            handle.visititems(lambda name, item: state.__setitem__("h5/" + name, item[()])
+                              if hasattr(item, "shape") else None)
+    return state
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, synthetic_cache):
+    """One uninterrupted run of each command line (the baselines of every kill below)."""
+    runs = {}
+    for kind in ("training", "search"):
+        output = str(tmp_path_factory.mktemp(f"straight_{kind}"))
+        completed = _launch(kind, output, synthetic_cache)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        runs[kind] = _final_state(kind, output)
+    return runs
+
+
+@pytest.mark.parametrize("kind, steps", [("training", TRAINING_STEPS),
+                                         ("search", SEARCH_STEPS)])
+def test_killed_at_a_random_step_then_during_a_checkpoint_resumes_to_the_same_weights(
+        kind, steps, uninterrupted, synthetic_cache, tmp_path):
+    output = str(tmp_path)
+    folder = _run_folder(kind, output)
+    # Seeded: any step of the first two epochs (checkpoint 2 is then still to be written).
+    step = random.Random(f"{kind}-11").randint(1, 4)
+    killed = _launch(kind, output, synthetic_cache, f"kill_at_step@{step}")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+
+    # The same command resumes, and is killed again in the middle of writing checkpoint 2.
+    killed = _launch(kind, output, synthetic_cache, "kill_during_checkpoint@2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    directory = os.path.join(folder, "checkpoint")
+    assert not os.path.exists(os.path.join(directory, "ckpt-2.manifest.json"))
+    assert tf.train.latest_checkpoint(directory).endswith("ckpt-1")  # still the complete one
+    assert any(name.startswith("ckpt-2.data") for name in os.listdir(directory))  # the half
+
+    resumed = _launch(kind, output, synthetic_cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    said = ("Resuming from checkpoint: phase 0, epoch 1." if kind == "training"
+            else "Resuming the search from its checkpoint after epoch 1.")
+    assert said in resumed.stdout
+    state = _final_state(kind, output)
+    expected = uninterrupted[kind]
+    assert state.keys() == expected.keys() and len(state) > 50
+    for name, value in expected.items():
+        if value.dtype == object:  # the samplers' state text
+            assert state[name] == value, name
+        else:
+            np.testing.assert_array_equal(state[name], value, err_msg=name)
+    history = os.path.join(folder, "history.csv")
+    with open(history) as handle:
+        epochs = [line.split(",") for line in handle.read().splitlines()[1:]]
+    assert len(epochs) == steps // 2  # one row per epoch, none twice, none lost
+
+
+@pytest.mark.parametrize("kind", ["training", "search"])
+def test_second_run_on_the_same_folder_stops_at_once(kind, synthetic_cache, tmp_path):
+    folder = _run_folder(kind, str(tmp_path))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, folder], cwd=ROOT,
+                              env=_environment(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.time()
+        second = _launch(kind, str(tmp_path), synthetic_cache)
+        seconds = time.time() - started
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert lines[-1] == (f"error: {folder} is in use by another run (pid {holder.pid}): two "
+                         "runs must not write the same run folder; wait for it to end, or "
+                         "choose another --output_folder_path.")
+    assert not os.path.exists(os.path.join(folder, "checkpoint"))  # nothing written
+    assert seconds < 60, seconds
