@@ -11,6 +11,16 @@ import os
 import tempfile
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# New files get the mode open() would give them (mkstemp's are private: 0600).
+_NEW_FILE_MODE = 0o666 & ~_umask()
+
+
 def fsync_directory(folder):
     """Flush ``folder``'s entries (a rename inside it) to disk; a no-op where directories
     cannot be opened (not POSIX)."""
@@ -46,6 +56,8 @@ def atomic_path(path):
                                              dir=folder)
     os.close(descriptor)
     try:
+        os.chmod(temporary, os.stat(path).st_mode & 0o7777 if os.path.exists(path)
+                 else _NEW_FILE_MODE)
         yield temporary
         fsync_file(temporary)
         os.replace(temporary, path)
