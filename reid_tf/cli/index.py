@@ -52,10 +52,13 @@ def define_index_flags():
     flags.DEFINE_enum("index_backend", "auto", list(BACKENDS),
                       "auto (faiss_flat when faiss imports, else builtin), builtin (exact, "
                       "numpy), faiss_flat (exact), faiss_ivf or faiss_ivfpq (approximate).")
-    if "distance_metric" not in FLAGS:  # (solution.py's, where both are defined)
-        flags.DEFINE_enum("distance_metric", "", [""] + list(METRICS),
-                          "The distance of the index; not given: the one recorded in the "
-                          "features folders (their run's evaluation distance).")
+    if "distance_metric" not in FLAGS:
+        # Defined as solution.py's flag is (same type and default), which comes first where
+        # both are defined: only whether it is given matters here.
+        flags.DEFINE_string("distance_metric", "cosine",
+                            f"The distance of the index: {', '.join(METRICS)}; not given: "
+                            "the one recorded in the features folders (their run's "
+                            "evaluation distance).")
     flags.DEFINE_integer("nlist", 0, "IVF cells (faiss_ivf, faiss_ivfpq); 0: 4*sqrt(N), at "
                          "least 39 training vectors per cell.", lower_bound=0)
     flags.DEFINE_integer("nprobe", 8, "IVF cells searched (faiss_ivf, faiss_ivfpq); "
