@@ -114,6 +114,10 @@ def define_flags():
     _define_once(flags.DEFINE_bool, "use_horizontal_flipping_in_evaluation", False,
                       "Average the features of each test image and of its mirror.")
     _define_once(flags.DEFINE_bool, "use_re_ranking", False, "k-reciprocal re-ranking at evaluation.")
+    _define_once(flags.DEFINE_float, "rerank_memory_budget", 8.0,
+                 "GiB the dense k-reciprocal re-ranking's (Q+G)^2 matrices may take "
+                 "(--use_re_ranking); a larger problem runs the bounded-memory re-ranking "
+                 "(the same result; evaluation.json's re_ranking says which ran).")
     _define_once(flags.DEFINE_bool, "evaluation_only", False, "Skip training; evaluate the model once.")
     _define_once(flags.DEFINE_bool, "save_data_to_disk", False,
                       "Write test.npz with features, identities and cameras at each evaluation.")

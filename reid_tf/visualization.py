@@ -7,6 +7,8 @@ import numpy as np
 QUERY_COLOUR = (255, 160, 0)     # RGB: orange frame around the query
 CORRECT_COLOUR = (0, 200, 0)     # green: same identity
 WRONG_COLOUR = (220, 0, 0)       # red: another identity
+UNKNOWN_COLOUR = (150, 150, 150)  # grey: an identity is not known
+CAPTION_HEIGHT = 14              # pixels of the distance line under a row of matches
 
 
 def _pyplot():
@@ -126,48 +128,111 @@ def _thumbnail(path, height, width, colour, border=4):
     return image
 
 
+def _known(value):
+    """Whether an identity is known (not None, not NaN)."""
+    if value is None:
+        return False
+    try:
+        return not np.isnan(value)
+    except TypeError:  # a string identity
+        return True
+
+
+def _caption(text, width, height=CAPTION_HEIGHT):
+    import cv2
+    strip = np.full((height, width, 3), 255, np.uint8)
+    if text:
+        cv2.putText(strip, text, (2, height - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return strip
+
+
+def draw_ranked_results(indices, query_paths, gallery_paths, file_path, distances=None,
+                        query_pids=None, gallery_pids=None, thumbnail_size=(128, 64)):
+    """Write a rank-list image of ranked results: row ``i`` is query ``query_paths[i]``
+    (orange frame), a 10-pixel gap, then its matches ``gallery_paths[indices[i, 0]]``,
+    ``indices[i, 1]``, ... (``-1``: none, a white tile). A match is framed green when its
+    identity is the query's, red when another, grey when either identity is unknown (no
+    ``query_pids`` / ``gallery_pids``, or a missing value). With ``distances`` (the shape of
+    ``indices``) each match has its distance written under it (a caption strip of
+    :data:`CAPTION_HEIGHT` pixels under every row).
+
+    Size: ``Q * (h + caption + 4)`` pixels high (a 4-pixel white line under every row) and
+    ``(1 + k) * w + 10`` wide for ``thumbnail_size = (h, w)`` and ``indices`` of shape
+    ``(Q, k)``; no query: one white ``h x w`` tile."""
+    import cv2
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.ndim != 2 or len(indices) != len(query_paths):
+        raise ValueError(f"indices must be (queries, k) for {len(query_paths)} query paths, got "
+                         f"shape {indices.shape}.")
+    if distances is not None:
+        distances = np.asarray(distances, dtype=np.float64)
+        if distances.shape != indices.shape:
+            raise ValueError(f"distances of shape {distances.shape} for indices of shape "
+                             f"{indices.shape}.")
+    height, width = thumbnail_size
+    gap = 10
+    rows = []
+    for q, ranked in enumerate(indices):
+        query_pid = query_pids[q] if query_pids is not None else None
+        tiles = [_thumbnail(query_paths[q], height, width, QUERY_COLOUR),
+                 np.full((height, gap, 3), 255, np.uint8)]
+        captions = [_caption("query", width), _caption("", gap)]
+        for position, g in enumerate(ranked):
+            if g < 0:
+                tiles.append(np.full((height, width, 3), 255, np.uint8))
+                captions.append(_caption("", width))
+                continue
+            gallery_pid = gallery_pids[g] if gallery_pids is not None else None
+            if _known(query_pid) and _known(gallery_pid):
+                colour = CORRECT_COLOUR if gallery_pid == query_pid else WRONG_COLOUR
+            else:
+                colour = UNKNOWN_COLOUR
+            tiles.append(_thumbnail(gallery_paths[g], height, width, colour))
+            captions.append(_caption(f"{distances[q, position]:.4f}" if distances is not None
+                                     else "", width))
+        rows.append(np.concatenate(tiles, axis=1))
+        if distances is not None:
+            rows.append(np.concatenate(captions, axis=1))
+        rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
+    canvas = np.concatenate(rows, axis=0) if rows else np.full((height, width, 3), 255, np.uint8)
+    os.makedirs(os.path.dirname(os.path.abspath(file_path)), exist_ok=True)
+    if not cv2.imwrite(file_path, cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write the rank-list image {file_path} (a .png or .jpg name?).")
+    return file_path
+
+
 def draw_rank_list(distmat, query_paths, gallery_paths, q_pids, g_pids, q_camids, g_camids,
                    file_path, num_queries=8, top_k=10, remove_same_camera=True,
                    thumbnail_size=(128, 64), seed=0):
     """Write a rank-list image: each row is a query (orange) and its ``top_k`` gallery matches,
-    green when the identity is the query's, red otherwise.
+    green when the identity is the query's, red otherwise (:func:`draw_ranked_results` of the
+    ranks of ``distmat``).
 
     Gallery items the metric ignores (same identity and same camera as the query) are left out,
     as in :func:`reid_tf.evaluation.metrics.cmc_map`. Queries are picked evenly (seeded).
     """
-    import cv2
     if not hasattr(distmat, "subset"):  # a FeatureDistances gives its rows on demand
         distmat = np.asarray(distmat)
     q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
     q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
-    height, width = thumbnail_size
     rng = np.random.default_rng(seed)
     candidates = [q for q in range(len(q_pids)) if np.any(g_pids == q_pids[q])]
     if not candidates:
         candidates = list(range(len(q_pids)))
     chosen = sorted(rng.choice(candidates, size=min(num_queries, len(candidates)),
                                replace=False).tolist())
-    gap = 10
-    rows = []
-    for q in chosen:
+    ranked = np.full((len(chosen), top_k), -1, np.int64)
+    for row, q in enumerate(chosen):
         order = np.argsort(distmat[q], kind="stable")
         if remove_same_camera:
             keep = ~((g_pids[order] == q_pids[q]) & (g_camids[order] == q_camids[q]))
             order = order[keep]
         order = order[:top_k]
-        tiles = [_thumbnail(query_paths[q], height, width, QUERY_COLOUR),
-                 np.full((height, gap, 3), 255, np.uint8)]
-        for g in order:
-            colour = CORRECT_COLOUR if g_pids[g] == q_pids[q] else WRONG_COLOUR
-            tiles.append(_thumbnail(gallery_paths[g], height, width, colour))
-        while len(tiles) < top_k + 2:
-            tiles.append(np.full((height, width, 3), 255, np.uint8))
-        rows.append(np.concatenate(tiles, axis=1))
-        rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
-    canvas = np.concatenate(rows, axis=0) if rows else np.full((height, width, 3), 255, np.uint8)
-    os.makedirs(os.path.dirname(os.path.abspath(file_path)), exist_ok=True)
-    cv2.imwrite(file_path, cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
-    return file_path
+        ranked[row, :len(order)] = order
+    return draw_ranked_results(ranked, [query_paths[q] for q in chosen], gallery_paths,
+                               file_path, query_pids=q_pids[chosen], gallery_pids=g_pids,
+                               thumbnail_size=thumbnail_size)
 
 
 def plot_history(history_csv_path, output_folder):

@@ -52,6 +52,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (["--momentum=1.0", "--optimizer_name=sgd"], "--momentum"),
     (["--test_batch_size=-1"], "--test_batch_size"),
     (["--sysu_shot=0", "--dataset_name=Synthetic_SYSU"], "--sysu_shot"),
+    (["--use_re_ranking", "--rerank_memory_budget=0"], "--rerank_memory_budget=0.0: must be > 0"),
+    (["--use_re_ranking", "--rerank_memory_budget=inf"], "must be a finite number of GiB"),
+    (["--rerank_memory_budget=2"], "--use_re_ranking is off"),
 ])
 def test_refused_values_name_the_flag_and_reason(arguments, message):
     from reid_tf.flags import validate_flags

@@ -176,3 +176,40 @@ def test_report_data_without_the_full_matrix(capsys):
     for key in ("worst_ap", "camera_rank1", "camera_mAP", "worst_distance",
                 "positive_distances", "negative_distances"):
         np.testing.assert_allclose(chunked[key], full[key], atol=1e-5)
+
+
+def test_rerank_memory_budget_flag_selects_the_sparse_re_ranking(tmp_path, capsys):
+    """solution.py --use_re_ranking --rerank_memory_budget=1e-9 (GiB) runs the bounded-memory
+    re-ranking on the small synthetic test set (where the default 8 GiB runs the dense one);
+    its metrics equal the dense re-ranking's of the same features (test.npz)."""
+    import json
+
+    from helpers import parse_flags, run_solution
+    from reid_tf.cli.settings import evaluation_settings, rerank_memory_budget_bytes
+    assert rerank_memory_budget_bytes(0.5) == 1 << 29 and rerank_memory_budget_bytes(1e-12) == 1
+    assert evaluation_settings(parse_flags("--use_re_ranking")).rerank_memory_budget == 8 << 30
+    options = (f"cache_folder_path={tmp_path / 'cache'},num_train_identities=6,"
+               "num_test_identities=5,images_per_identity=5")
+    run_solution("--dataset_name=Synthetic", f"--dataset_options={options}",
+                 "--backbone_model_name=msinet", "--image_height=64", "--image_width=32",
+                 "--identity_num_per_batch=4", "--image_num_per_identity=2", "--workers=2",
+                 "--evaluation_only", "--use_re_ranking", "--save_data_to_disk",
+                 "--export_formats=", "--rerank_memory_budget=1e-9",
+                 f"--output_folder_path={tmp_path}")
+    assert "k-reciprocal re-ranking: sparse" in capsys.readouterr().out
+    folder = tmp_path / "Synthetic_msinet"
+    with open(folder / "evaluation.json") as stream:
+        record = json.load(stream)
+    assert record["re_ranking"] == "sparse"
+    saved = np.load(folder / "test.npz")
+    dense = evaluate_standard(saved["query_image_features_array"],
+                              saved["gallery_image_features_array"],
+                              saved["query_identity_ID_array"], saved["gallery_identity_ID_array"],
+                              saved["query_camera_ID_array"], saved["gallery_camera_ID_array"],
+                              metric="cosine", re_ranking=True)
+    assert dense["re_ranking"] == "dense"
+    assert record["rank1"] == pytest.approx(dense["cmc"][0], abs=1e-6)
+    for key in ("mAP", "mINP"):
+        assert record[key] == pytest.approx(dense[key], abs=1e-6), key
+    np.testing.assert_allclose(record["cmc"], dense["cmc"][:len(record["cmc"])], atol=1e-6)
+    assert record["mAP"] > 0

@@ -38,11 +38,11 @@ SPLITS = ("train", "query", "gallery", "test", "all")
 FLAGS = flags.FLAGS
 
 
-def define_extract_flags():
-    """The extraction's own flags; ``solution.py``'s (they define a model given by
-    ``--weights_file_path``) are defined first by the entry module (``reid_tf.extract``:
-    ``reid_tf.flags`` sits above this package)."""
-    if "features_folder" in FLAGS:
+def define_model_flags():
+    """The flags that name the model (``python -m reid_tf.extract`` and ``reid_tf.retrieve``);
+    ``solution.py``'s flags (they define a model given by ``--weights_file_path``) are defined
+    first by the entry module (``reid_tf.flags`` sits above this package)."""
+    if "run_folder" in FLAGS:
         return
     flags.DEFINE_string("run_folder", "", "A solution.py run folder: the model of its "
                         "run_settings.json with its inference_model.h5.")
@@ -53,6 +53,13 @@ def define_extract_flags():
                          "--weights_file_path is a training_model.h5.", lower_bound=1)
     flags.DEFINE_string("savedmodel_path", "", "An exported SavedModel "
                         "(--export_formats=savedmodel); image size and flip from the flags.")
+
+
+def define_image_flags():
+    """The flags that name the images to extract (the extraction's and the retrieval's
+    queries)."""
+    if "images_folder" in FLAGS:
+        return
     flags.DEFINE_string("images_folder", "", "Extract every image under this folder "
                         "(recursive, sorted paths).")
     flags.DEFINE_string("images_csv", "", "Extract the images of a custom-dataset CSV "
@@ -61,17 +68,34 @@ def define_extract_flags():
                       "Extract a split of --dataset_name (test = query + gallery).")
     flags.DEFINE_enum("modality", "", ["", "visible", "infrared"],
                       "Modality of the images of a folder (visible-infrared models).")
+
+
+def define_extract_flags():
+    """The extraction's flags: the model, the images, the features folder."""
+    define_model_flags()
+    define_image_flags()
+    if "features_folder" in FLAGS:
+        return
     flags.DEFINE_string("features_folder", "", "The features folder to write (resumable).")
     flags.DEFINE_integer("chunk_size", 1024, "Images per committed chunk.", lower_bound=1)
 
 
-def _check(values):
+def check_model_flags(values):
+    """Exactly one way of naming the model is given."""
     models = [name for name in ("run_folder", "weights_file_path", "savedmodel_path")
               if getattr(values, name)]
     if len(models) != 1:
         raise UsageError("give the model with exactly one of --run_folder, --weights_file_path "
                          f"(with solution.py's model flags) or --savedmodel_path (got "
                          f"{', '.join('--' + name for name in models) or 'none'}).")
+    for name in ("run_folder", "savedmodel_path"):
+        path = getattr(values, name)
+        if path and not os.path.isdir(os.path.expanduser(path)):
+            raise FileNotFoundError(f"--{name}: no such folder {path}.")
+
+
+def _check(values):
+    check_model_flags(values)
     sources = [name for name in ("images_folder", "images_csv", "dataset_split")
                if getattr(values, name)]
     if len(sources) != 1:
@@ -84,7 +108,8 @@ def _check(values):
         raise FileNotFoundError(f"--images_folder: no such folder {values.images_folder}.")
 
 
-def _folder_table(folder, modality):
+def folder_table(folder, modality=""):
+    """The images under ``folder`` (recursive, sorted paths), one row each."""
     folder = os.path.expanduser(folder)
     paths = sorted(path for path in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
                    if path.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path))
@@ -101,7 +126,7 @@ def images_table(values):
     """The images to extract, one row each (``image_file_path`` and the metadata known)."""
     from reid_tf.data import dataset_protocol, load_dataset
     if values.images_folder:
-        return _folder_table(values.images_folder, values.modality)
+        return folder_table(values.images_folder, values.modality)
     if values.images_csv:
         return load_dataset("custom", values.images_csv)
     protocol = dataset_protocol(values.dataset_name)

@@ -59,8 +59,14 @@ def model_settings(values):
         sam=values.sam_mode != "none", allow_pickle=bool(values.allow_pickle))
 
 
+def rerank_memory_budget_bytes(gib):
+    """``--rerank_memory_budget`` (GiB) in bytes (at least one)."""
+    return max(1, int(float(gib) * 2 ** 30))
+
+
 def evaluation_settings(values):
-    """How ``solution.py``'s flags evaluate (test batch ``--test_batch_size`` or P x K).
+    """How ``solution.py``'s flags evaluate (test batch ``--test_batch_size`` or P x K;
+    ``--rerank_memory_budget`` in GiB becomes the setting's bytes).
     ``--distance_metric`` and ``--feature_normalization`` left at their defaults leave the
     choice to the protocol (the cross-modality ones rank by the normalised dot product)."""
     batch_size = values.test_batch_size or (values.identity_num_per_batch
@@ -71,7 +77,9 @@ def evaluation_settings(values):
         metric=values.distance_metric if flag_given(values, "distance_metric") else None,
         normalize=(bool(values.feature_normalization)
                    if flag_given(values, "feature_normalization") else None),
-        use_re_ranking=bool(values.use_re_ranking), trial_num=values.evaluation_trial_num,
+        use_re_ranking=bool(values.use_re_ranking),
+        rerank_memory_budget=rerank_memory_budget_bytes(values.rerank_memory_budget),
+        trial_num=values.evaluation_trial_num,
         sysu_shot=values.sysu_shot, seed=values.seed,
         save_data_to_disk=bool(values.save_data_to_disk), resize=values.resize_interpolation)
 

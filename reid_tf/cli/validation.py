@@ -5,6 +5,7 @@ and the combinations the chosen model, dataset or protocol cannot honour.
 :func:`validate_flags` raises ``absl.flags.ValidationError`` naming the flag, the value and
 what is accepted (a ``DatasetError`` for an unknown dataset).
 """
+import math
 import os
 
 from absl import flags
@@ -105,9 +106,13 @@ def _check_numbers(values):
     for name in non_negative:
         value = getattr(values, name)
         _check(value >= 0, f"--{name}={value}: must be >= 0.")
-    for name in ("learning_rate_base", "learning_rate_gamma", "backbone_learning_rate_multiplier"):
+    for name in ("learning_rate_base", "learning_rate_gamma", "backbone_learning_rate_multiplier",
+                 "rerank_memory_budget"):
         value = getattr(values, name)
         _check(value > 0, f"--{name}={value}: must be > 0.")
+    _check(math.isfinite(values.rerank_memory_budget),
+           f"--rerank_memory_budget={values.rerank_memory_budget}: must be a finite number of "
+           "GiB.")
     unit = {"patch_replacement_probability": (0, 1, True), "random_erasing_probability": (0, 1, True),
             "learning_rate_warmup_factor": (0, 1, True), "momentum": (0, 1, False),
             "adam_beta_1": (0, 1, False), "adam_beta_2": (0, 1, False),
@@ -240,6 +245,10 @@ def _check_evaluation_flags(values, protocols):
         _check(not (values.use_re_ranking and dataset_protocol == "vehicleid"),
                f"--use_re_ranking: {name} (VehicleID) draws a new query/gallery split per trial "
                "and is evaluated without re-ranking; drop the flag.")
+    if not values.use_re_ranking:
+        _refuse_given(values, ["rerank_memory_budget"],
+                      "chooses between the dense and the bounded-memory re-ranking; "
+                      "--use_re_ranking is off. Add it or drop the flag.")
     _refuse_given(values, ["target_root_folder_path"] if not values.target_dataset_name else [],
                   "is the root of --target_dataset_name, which is not set.")
 
