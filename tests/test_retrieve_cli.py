@@ -221,3 +221,45 @@ def test_usage_errors_are_one_line(run_folder, tmp_path, capsys):
                           f"--query_features_folder={tmp_path / 'queries_b'}", csv, "--top_k=2")
     assert code == 0 and "warning: the queries come from the model {'weights': 'b.h5'}" in err
     assert len(pd.read_csv(tmp_path / "top.csv")) == 8
+
+
+def test_ranked_results_picture(tmp_path):
+    """draw_ranked_results: the layout its docstring gives, frames by identity (grey when one is
+    unknown), white tiles for missing neighbours; draw_rank_list draws the same picture from a
+    distance matrix."""
+    import cv2
+    from reid_tf import visualization
+    paths = []
+    for number, colour in enumerate([(0, 0, 255), (0, 255, 0), (255, 0, 0)]):
+        path = str(tmp_path / f"image{number}.png")
+        cv2.imwrite(path, np.full((40, 20, 3), colour, np.uint8))
+        paths.append(path)
+    indices = np.array([[0, 1], [2, -1]])
+    distances = np.array([[0.0, 0.25], [0.5, np.inf]])
+    picture = visualization.draw_ranked_results(
+        indices, paths[:2], paths, str(tmp_path / "ranked.png"), distances=distances,
+        query_pids=[1, np.nan], gallery_pids=[1, 2, 1])
+    image = cv2.cvtColor(cv2.imread(picture), cv2.COLOR_BGR2RGB)
+    row = 128 + visualization.CAPTION_HEIGHT + 4
+    assert image.shape == (2 * row, 3 * 64 + 10, 3)
+    match = 64 + 10  # left edge of the first match
+    assert tuple(image[0, 0]) == visualization.QUERY_COLOUR
+    assert tuple(image[0, match]) == visualization.CORRECT_COLOUR        # identity 1 = 1
+    assert tuple(image[0, match + 64]) == visualization.WRONG_COLOUR     # identity 2 != 1
+    assert tuple(image[row, match]) == visualization.UNKNOWN_COLOUR      # query identity NaN
+    assert (image[row:row + 128, match + 64:] == 255).all()              # no second neighbour
+    assert (image[128:128 + visualization.CAPTION_HEIGHT, match:] < 255).any()  # distances
+    with pytest.raises(ValueError, match="distances of shape"):
+        visualization.draw_ranked_results(indices, paths[:2], paths, str(tmp_path / "x.png"),
+                                          distances=distances[:, :1])
+
+    # draw_rank_list: the stable ranks of each row without the same-identity same-camera items.
+    distmat = np.array([[0.3, 0.1, 0.2], [0.0, 0.9, 0.4]])
+    pids, cameras = np.array([1, 2]), np.array([0, 0])
+    g_pids, g_cameras = np.array([1, 2, 1]), np.array([0, 1, 1])
+    listed = visualization.draw_rank_list(distmat, paths[:2], paths, pids, g_pids, cameras,
+                                          g_cameras, str(tmp_path / "list.png"), top_k=3)
+    expected = visualization.draw_ranked_results(
+        np.array([[1, 2, -1], [0, 2, 1]]), paths[:2], paths, str(tmp_path / "expected.png"),
+        query_pids=pids, gallery_pids=g_pids)
+    np.testing.assert_array_equal(cv2.imread(listed), cv2.imread(expected))

@@ -159,6 +159,7 @@ def main(argv):
         raise UsageError(f"unexpected arguments {argv[1:]}")
     _check(FLAGS)
     quiet_faiss_loader()
+    import reid_tf.retrieval  # noqa: F401  (TensorFlow loads here, before the clock starts)
     started = time.time()
     index, sources = build_index(FLAGS)
     folder = os.path.expanduser(FLAGS.index_folder)
