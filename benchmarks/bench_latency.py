@@ -9,8 +9,10 @@ Every framework gets ``--threads`` intra-op threads (TensorFlow intra 2 / inter 
 Runtime intra_op_num_threads, LiteRT num_threads, torch.set_num_threads). Each row: median and
 p95 of ``--repeats`` single calls in ms, after ``--warmup`` untimed calls (the traces and
 compilations). torch.compile is skipped with its error when it fails, and not timed when its
-first call takes longer than ``--compile_timeout`` s. Prints one JSON line per row and a
-markdown table.
+first call takes longer than ``--compile_timeout`` s. Each reid-tf row also records the largest
+absolute difference of its features from the Keras model's (``--reuse_exports`` takes the
+exports of an earlier run with the same ``--seed``: the difference shows they hold the same
+weights). Prints one JSON line per row and a markdown table.
 
 Usage: ``python benchmarks/bench_latency.py --models msinet,resnet50 --batch_sizes 1,32
 --repeats 30,5``
@@ -42,6 +44,10 @@ def _arguments():
     parser.add_argument("--compile_timeout", type=float, default=120.0)
     parser.add_argument("--reference_path", default=REFERENCE_PATH)
     parser.add_argument("--work_folder", default="", help="exports go here (default: a temp dir)")
+    parser.add_argument("--reuse_exports", action="store_true",
+                        help="use the exports already in --work_folder (written by an earlier "
+                        "run: the models are built from --seed, so they hold the same weights)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the models' random weights")
     args = parser.parse_args()
     args.models = [m for m in args.models.split(",") if m]
     unknown = [m for m in args.models if m not in ("msinet", "resnet50")]
@@ -55,6 +61,8 @@ def _arguments():
         raise SystemExit("error: --repeats: one value >= 2, or one per --batch_sizes entry")
     args.repeats = dict(zip(args.batch_sizes, repeats))
     args.frameworks = [f for f in args.frameworks.split(",") if f]
+    if args.reuse_exports and not args.work_folder:
+        raise SystemExit("error: --reuse_exports needs --work_folder (where the exports are)")
     return args
 
 
@@ -74,24 +82,30 @@ def _time(call, repeats, warmup):
             "first_call_s": round(first, 2)}
 
 
-def _tf_runners(name, model, frameworks, folder, threads):
-    """{framework: (make_call(images) -> callable)} of the reid-tf paths."""
+def _tf_runners(name, model, frameworks, folder, threads, reuse=False):
+    """{framework: (make_call(images) -> callable)} of the reid-tf paths; ``reuse``: take the
+    files already exported into ``folder``."""
     import tensorflow as tf
 
     from reid_tf import export
+
+    def exported(export_format, quantization="float32", path=None):
+        if reuse and os.path.exists(path):
+            return path
+        return export.export_inference_model(model, folder, export_format, quantization)
 
     runners = {}
     serve = export.serving_functions(model)["serving_default"]
     if "keras" in frameworks:
         runners["keras"] = lambda x: (lambda: serve(tf.constant(x))["features"].numpy())
     if "savedmodel" in frameworks:
-        path = export.export_inference_model(model, folder, "savedmodel")
+        path = exported("savedmodel", path=os.path.join(folder, export.SAVEDMODEL_FOLDER))
         signature = tf.saved_model.load(path).signatures["serving_default"]
         runners["savedmodel"] = lambda x: (
             lambda: signature(images=tf.constant(x))["features"].numpy())
     if "onnxruntime" in frameworks:
         import onnxruntime
-        path = export.export_inference_model(model, folder, "onnx")
+        path = exported("onnx", path=os.path.join(folder, export.ONNX_FILE))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -101,7 +115,8 @@ def _tf_runners(name, model, frameworks, folder, threads):
         key = f"litert_{quantization}"
         if key not in frameworks:
             continue
-        path = export.export_inference_model(model, folder, "tflite", quantization)
+        path = exported("tflite", quantization,
+                        export.tflite_paths(model, folder, quantization)["serving_default"])
 
         def make(x, path=path):
             interpreter = export.tflite_interpreter(path, num_threads=threads)
@@ -165,7 +180,9 @@ def main():
     tf.config.threading.set_inter_op_parallelism_threads(1)
     folder = args.work_folder or tempfile.mkdtemp(prefix="bench_latency_")
     rows, notes = [], {}
+    import tf_keras as keras
     for name in args.models:
+        keras.utils.set_random_seed(args.seed)
         if name == "msinet":
             from reid_tf.models.msinet import build_msinet_models
             model = build_msinet_models("msmt", 751, input_shape=(256, 128, 3)).inference_model
@@ -174,17 +191,26 @@ def main():
             model = build_flipreid("resnet50", (256, 128, 3), 751).inference_model
         model_folder = os.path.join(folder, name)
         os.makedirs(model_folder, exist_ok=True)
-        runners = _tf_runners(name, model, args.frameworks, model_folder, args.threads)
+        runners = _tf_runners(name, model, args.frameworks, model_folder, args.threads,
+                              args.reuse_exports)
         if name == "msinet" and any(f.startswith("torch") for f in args.frameworks):
             runners.update(_torch_runners(args.frameworks, args.reference_path, args.threads,
                                           args.compile_timeout, notes))
         for batch in args.batch_sizes:
             images = np.random.default_rng(0).standard_normal(
                 (batch, 256, 128, 3), dtype=np.float32)
+            expected = model(images, training=False)
+            expected = np.concatenate([np.asarray(part, np.float32)
+                                       for part in tf.nest.flatten(expected)], axis=-1)
             for framework, make in runners.items():
-                timing = _time(make(images), args.repeats[batch], args.warmup)
+                call = make(images)
+                timing = _time(call, args.repeats[batch], args.warmup)
+                difference = None
+                if not framework.startswith("torch"):  # the same weights: the same features
+                    difference = float(f"{np.max(np.abs(np.asarray(call()) - expected)):.3g}")
                 row = {"benchmark": "latency", "model": name, "framework": framework,
                        "batch_size": batch, "repeats": args.repeats[batch], **timing,
+                       "max_abs_difference_vs_keras": difference,
                        "threads": args.threads, "load": load_average()}
                 rows.append(emit(row))
     print(f"\n| model | framework | batch | median ms | p95 ms |\n|---|---|---|---|---|")

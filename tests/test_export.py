@@ -176,3 +176,60 @@ def test_solution_exports_after_training_and_with_evaluation_only(tmp_path):
         np.testing.assert_allclose(served.numpy(), expected, atol=TOLERANCE)
         np.testing.assert_allclose(_onnx_features(str(folder / export.ONNX_FILE), images),
                                    expected, atol=TOLERANCE)
+
+
+class _FailingOptimiser:
+    """Stands in for one tf2onnx graph optimiser: counts its calls and always raises."""
+
+    calls = 0
+
+    def __init__(self):
+        self.graph_been_opt = False
+
+    def optimize(self, graph, iteration):
+        type(self).calls += 1
+        raise RuntimeError("injected optimiser failure")
+
+
+def test_onnx_optimiser_failure_falls_back_with_a_warning(tmp_path, monkeypatch, caplog):
+    """A tf2onnx optimiser that raises in the fast conversion (errors not caught): the export
+    logs a warning naming that optimiser and the error, converts again with tf2onnx skipping
+    the failing optimiser, and the ONNX model still gives the Keras features."""
+    import tf2onnx.optimizer
+
+    monkeypatch.setattr(_FailingOptimiser, "calls", 0)
+    monkeypatch.setitem(tf2onnx.optimizer._optimizers, "remove_back_to_back",  # noqa: SLF001
+                        _FailingOptimiser)
+    model = flipreid_structure_model()
+    _randomise_batch_norms(model, 5)
+    with caplog.at_level("WARNING", logger="reid_tf.export"):
+        path = export.export_inference_model(model, str(tmp_path), "onnx")
+    # Once in the fast conversion (which it stopped), at least once in the fallback (caught).
+    assert _FailingOptimiser.calls >= 2
+    warnings = [record for record in caplog.records
+                if record.name == "reid_tf.export" and record.levelname == "WARNING"]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert "remove_back_to_back" in message and "injected optimiser failure" in message
+    assert "serving_default" in message
+    images = np.random.default_rng(6).normal(size=(4, 32, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(_onnx_features(path, images), _keras_features(model, images),
+                               atol=TOLERANCE)
+
+
+def test_onnx_conversion_failure_outside_the_optimisers_is_an_export_error(tmp_path,
+                                                                           monkeypatch):
+    """A failure in the conversion proper (not an optimiser) is not retried: ExportError
+    naming the format, the function and the cause, with the original exception chained."""
+    import tf2onnx.convert
+
+    def broken(*args, **kwargs):
+        raise ValueError("injected conversion failure")
+
+    monkeypatch.setattr(tf2onnx.convert, "process_tf_graph", broken)
+    with pytest.raises(export.ExportError, match=r"--export_formats onnx: the conversion "
+                       r"failed \(serving_default\): ValueError: injected conversion failure") \
+            as raised:
+        export.export_inference_model(flipreid_structure_model(), str(tmp_path), "onnx")
+    assert isinstance(raised.value.__cause__, ValueError)
+    assert not os.path.exists(os.path.join(tmp_path, export.ONNX_FILE))
