@@ -220,11 +220,11 @@ TRAINING_FLAGS = [
     "--learning_rate_base=0.01", "--learning_rate_warmup_epochs=2",
     "--learning_rate_milestones=2", "--momentum=0.9", "--weight_decay=5e-4",
     "--testing_size=0", "--sampler_policy=msinet", "--augmentation_recipe=msinet",
-    "--use_horizontal_flipping_inside_model", "--cache_images", "--workers=1"]
+    "--cache_images", "--workers=1"]
 SEARCH_FLAGS = [
     "--dataset_name=Synthetic", "--image_height=64", "--image_width=32",
     "--identity_num_per_batch=2", "--image_num_per_identity=2", "--steps_per_epoch=2",
-    "--epoch_num=2", "--workers=1", "--genotype_interval=1", "--evaluation_interval=0",
+    "--epoch_num=2", "--workers=1", "--genotype_interval=5", "--evaluation_interval=0",
     "--search_warmup_epochs=1", "--clean_bilevel", "--deterministic", "--cache_images"]
 TRAINING_STEPS, SEARCH_STEPS = 3 * 2, 2 * 2
 
@@ -293,10 +293,21 @@ def test_killed_at_a_random_step_then_during_a_checkpoint_resumes_to_the_same_we
     killed = _launch(kind, output, synthetic_cache, f"kill_at_step@{step}")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
 
+    directory = os.path.join(folder, "checkpoint")
+    if kind == "training":
+        # The disk fills up while checkpoint 2 is written: one line, ckpt-1 kept intact.
+        full = _launch(kind, output, synthetic_cache, "checkpoint_write:ENOSPC@2")
+        assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-3000:]
+        line = [line for line in full.stderr.splitlines() if line.startswith("error: ")][-1]
+        assert line.startswith(f"error: Could not write checkpoint 2 in {directory}: "
+                               f"[Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}")
+        assert "The previous checkpoint ckpt-1 is intact" in line
+        assert sorted(os.listdir(directory)) == ["checkpoint", "ckpt-1.data-00000-of-00001",
+                                                 "ckpt-1.index", "ckpt-1.manifest.json"]
+
     # The same command resumes, and is killed again in the middle of writing checkpoint 2.
     killed = _launch(kind, output, synthetic_cache, "kill_during_checkpoint@2")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    directory = os.path.join(folder, "checkpoint")
     assert not os.path.exists(os.path.join(directory, "ckpt-2.manifest.json"))
     assert tf.train.latest_checkpoint(directory).endswith("ckpt-1")  # still the complete one
     assert any(name.startswith("ckpt-2.data") for name in os.listdir(directory))  # the half
