@@ -263,3 +263,24 @@ def test_ranked_results_picture(tmp_path):
         np.array([[1, 2, -1], [0, 2, 1]]), paths[:2], paths, str(tmp_path / "expected.png"),
         query_pids=pids, gallery_pids=g_pids)
     np.testing.assert_array_equal(cv2.imread(listed), cv2.imread(expected))
+
+
+def test_results_table_leaves_out_missing_neighbours():
+    """An approximate index's missing places (-1, inf) give no rows; ranks stay 1, 2, ...; the
+    columns of metadata nobody knows are left out."""
+    from reid_tf.cli.retrieve import results_table
+    from reid_tf.retrieval.index import GalleryIndex
+    gallery = pd.DataFrame({"path": ["g0", "g1", "g2"], "identity": [4, 5, 6],
+                            "camera": [1, 2, 3]})
+    index = GalleryIndex("builtin").build(np.eye(3), gallery)
+    queries = pd.DataFrame({"path": ["q0", "q1"], "identity": [np.nan, np.nan]})
+    indices = np.array([[2, 0, -1], [1, -1, -1]])
+    distances = np.array([[0.1, 0.2, np.inf], [0.3, np.inf, np.inf]], np.float32)
+    table = results_table(queries, index, distances, indices)
+    assert table.columns.tolist() == ["query_row", "query_path", "rank", "gallery_row",
+                                      "gallery_path", "distance", "gallery_identity",
+                                      "gallery_camera"]
+    assert table["query_row"].tolist() == [0, 0, 1] and table["rank"].tolist() == [1, 2, 1]
+    assert table["gallery_path"].tolist() == ["g2", "g0", "g1"]
+    assert table["gallery_identity"].tolist() == [6, 4, 5]
+    np.testing.assert_allclose(table["distance"], [0.1, 0.2, 0.3], rtol=1e-6)
