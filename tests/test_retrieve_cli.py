@@ -97,8 +97,15 @@ def test_extract_index_retrieve_chain(run_folder, tmp_path, capsys, monkeypatch)
 
     k, shown = 5, 3
     expected_distances, expected_rows, sorted_rows = _brute_force(features, features, k)
-    # Neighbours apart by more than float32 rounding: the order is the same for any backend.
-    assert np.diff(sorted_rows[:, :k + 1], axis=1).min() > 1e-5
+    # Every image's nearest other image is farther than float32 rounding: itself comes first.
+    assert sorted_rows[:, 1].min() > 1e-5
+    # The places whose distance is apart from the neighbouring places' by more than float32
+    # rounding have the same gallery row for any exact backend (the others may swap).
+    gaps = np.diff(sorted_rows[:, :k + 1], axis=1)
+    separated = np.ones((count, k), bool)
+    separated[:, 1:] &= gaps[:, :k - 1] > 1e-5
+    separated &= gaps[:, :k] > 1e-5
+    assert separated.mean() > 0.8
     for backend in backends:
         results = tmp_path / f"{backend}_top.csv"
         code, out, err = _cli(retrieve.run_main, capsys, f"--index_folder={tmp_path / backend}",
@@ -114,15 +121,13 @@ def test_extract_index_retrieve_chain(run_folder, tmp_path, capsys, monkeypatch)
         assert (first["gallery_row"].to_numpy() == np.arange(count)).all()
         assert (first["gallery_path"] == first["query_path"]).all()
         assert first["distance"].abs().max() < 1e-5
-        np.testing.assert_array_equal(top["gallery_row"].to_numpy().reshape(count, k),
-                                      expected_rows)
+        rows = top["gallery_row"].to_numpy().reshape(count, k)
+        np.testing.assert_array_equal(rows[separated], expected_rows[separated])
         np.testing.assert_allclose(top["distance"].to_numpy().reshape(count, k),
                                    expected_distances, atol=1e-5)
         assert top["query_identity"].tolist() == np.repeat(table["identity"], k).tolist()
-        assert top["gallery_identity"].tolist() == \
-            table["identity"].to_numpy()[expected_rows.ravel()].tolist()
-        assert (top["gallery_path"].to_numpy() ==
-                table["path"].to_numpy()[expected_rows.ravel()]).all()
+        assert top["gallery_identity"].tolist() == table["identity"].to_numpy()[rows.ravel()].tolist()
+        assert (top["gallery_path"].to_numpy() == table["path"].to_numpy()[rows.ravel()]).all()
         import cv2
         picture = cv2.imread(str(tmp_path / f"{backend}_top_rank_list.png"))
         # Rows of 128-pixel thumbnails + a 14-pixel distance line + a 4-pixel gap; the query,
@@ -143,8 +148,10 @@ def test_extract_index_retrieve_chain(run_folder, tmp_path, capsys, monkeypatch)
     assert "warning" not in err and "Rank list" not in out
     top = pd.read_csv(results)
     assert "query_identity" not in top.columns and "gallery_identity" in top.columns
-    np.testing.assert_array_equal(top["gallery_row"].to_numpy().reshape(len(picked), k),
-                                  expected_rows[picked])
+    rows = top["gallery_row"].to_numpy().reshape(len(picked), k)
+    np.testing.assert_array_equal(rows[separated[picked]], expected_rows[picked][separated[picked]])
+    np.testing.assert_allclose(top["distance"].to_numpy().reshape(len(picked), k),
+                               expected_distances[picked], atol=1e-5)
     assert top[top["rank"] == 1]["distance"].abs().max() < 1e-5
     assert not os.path.exists(tmp_path / "from_images_rank_list.png")
 
