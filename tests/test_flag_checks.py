@@ -170,6 +170,10 @@ def _command(*arguments, timeout=120):
     (["-m", "nas.search", "--dataset_name=Nope", "--print_config_only"], "--dataset_name"),
     (["-m", "reid_tf.convert", "--architecture=msinet", "--source_file_path=/no/file.pth",
       "--output_file_path=/tmp/x.h5"], "/no/file.pth"),
+    (["-m", "reid_tf.index", "--features_folders=/no/features", "--index_folder=/tmp/x"],
+     "--features_folders: no such folder /no/features"),
+    (["-m", "reid_tf.retrieve", "--index_folder=/no/index", "--query_features_folder=/x",
+      "--results_csv=/tmp/x.csv"], "--index_folder: no such folder /no/index"),
 ])
 def test_usage_errors_are_one_line_without_traceback(arguments, message):
     completed, seconds = _command(*arguments)

@@ -29,7 +29,6 @@ import pandas as pd
 from absl import flags
 
 from reid_tf.cli import app as cli_app
-from reid_tf.cli import settings as cli_settings
 from reid_tf.cli.validation import flag_given
 from reid_tf.runtime.errors import UsageError
 
@@ -124,6 +123,7 @@ def folder_table(folder, modality=""):
 
 def images_table(values):
     """The images to extract, one row each (``image_file_path`` and the metadata known)."""
+    from reid_tf.cli import settings as cli_settings  # (TensorFlow: after the flag checks)
     from reid_tf.data import dataset_protocol, load_dataset
     if values.images_folder:
         return folder_table(values.images_folder, values.modality)
@@ -144,6 +144,7 @@ def images_table(values):
 
 def build_extractor(values, strategy):
     """The :class:`~reid_tf.retrieval.extractor.FeatureExtractor` the flags name."""
+    from reid_tf.cli import settings as cli_settings
     from reid_tf.retrieval.extractor import FeatureExtractor
     if values.run_folder:
         weights = values.weights_file_path or "inference_model.h5"
