@@ -2,9 +2,10 @@
 gives pass/fail (and a throughput where it has one); ONE JSON line at the end.
 
 Parts: ``tests`` (tests/test_mixed_precision.py and tests/test_distribute.py: dtype policies
-and device placement / tf.distribute; on the CPU without the two-process multi-worker test), ``train_<model>_<variant>`` (solution.py on the
-embedded synthetic dataset, MSINet and FlipReID ResNet-50, ``--mixed_precision mixed_float16``
-and ``--jit_compile``; training img/s is history.csv's last epoch), ``inference_msinet``
+and device placement / tf.distribute; on the CPU without the two-process multi-worker test),
+``train_<model>_<variant>`` (solution.py on the embedded synthetic dataset, MSINet and
+FlipReID ResNet-50, ``--mixed_precision mixed_float16`` and ``--jit_compile``; training img/s
+is history.csv's last epoch), ``inference_msinet``
 (bench_inference_msinet.py, img/s), ``search_msi`` (bench_search.py, s per search step),
 ``search_bn_split`` (python -m nas.search, the quick BN-split config; s per step is the wall
 time of the run, start-up included, over its steps), ``mirrored`` (solution.py with
