@@ -291,3 +291,25 @@ def test_results_table_leaves_out_missing_neighbours():
     assert table["gallery_path"].tolist() == ["g2", "g0", "g1"]
     assert table["gallery_identity"].tolist() == [6, 4, 5]
     np.testing.assert_allclose(table["distance"], [0.1, 0.2, 0.3], rtol=1e-6)
+
+
+def test_run_settings_file_paths_are_absolute(tmp_path, monkeypatch):
+    """A run folder works from any working directory: run_settings.json keeps the genotype
+    (and every other existing ``*_file_path``) as an absolute path, and leaves empty ones."""
+    import json
+    from reid_tf.evaluation.settings import EvaluationSettings
+    from reid_tf.models.genotypes import load_genotype
+    from reid_tf.models.settings import ModelSettings
+    from reid_tf.retrieval.run_settings import RunSettings, load_run_settings, save_run_settings
+    monkeypatch.chdir(ROOT)
+    relative = "configs/genotypes/msmt.json"
+    settings = ModelSettings(backbone_model_name="msinet", genotype_file_path=relative)
+    save_run_settings(str(tmp_path), RunSettings(model=settings, evaluation=EvaluationSettings(),
+                                                 num_classes=3))
+    with open(tmp_path / "run_settings.json", encoding="utf-8") as handle:
+        stored = json.load(handle)["model"]
+    assert stored["genotype_file_path"] == os.path.join(ROOT, relative)
+    assert stored["switchable_config_file_path"] == ""
+    monkeypatch.chdir(tmp_path)
+    loaded = load_run_settings(str(tmp_path)).model
+    assert load_genotype(loaded.genotype_file_path) == load_genotype(os.path.join(ROOT, relative))

@@ -30,10 +30,21 @@ class RunSettings:
     dataset_name: str = ""
 
 
+def _absolute_file_paths(model_settings):
+    """The model settings as a dictionary whose file paths (``*_file_path`` fields naming an
+    existing file, e.g. the genotype) are absolute, so that the run folder can be used from
+    any working directory."""
+    values = dataclasses.asdict(model_settings)
+    for name, value in values.items():
+        if name.endswith("_file_path") and value and os.path.isfile(value):
+            values[name] = os.path.abspath(value)
+    return values
+
+
 def save_run_settings(folder, run_settings):
     """Write ``folder/run_settings.json`` (atomically); returns its path."""
     record = {"format_version": FORMAT_VERSION,
-              "model": dataclasses.asdict(run_settings.model),
+              "model": _absolute_file_paths(run_settings.model),
               "evaluation": dataclasses.asdict(run_settings.evaluation),
               "num_classes": int(run_settings.num_classes),
               "cross_modality": bool(run_settings.cross_modality),
