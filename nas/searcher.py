@@ -21,8 +21,10 @@ epoch summaries, evaluations),
 ``history.csv`` (one row per epoch), ``tensorboard/``, ``evaluation/`` (the last evaluation:
 ``evaluation.json``, CMC curve, rank list), ``weights_epoch<E>.h5`` (the network weights at
 each evaluation, without α) and ``checkpoint/`` (the resumable state: weights, α, both
-optimisers, both memories, the epoch and both sampler states). Running the same search again
-continues from the checkpoint.
+optimisers, both memories, the epoch and both sampler states; each with a SHA-256 manifest,
+:mod:`reid_tf.training.checkpointing`). Running the same search again continues from the latest
+complete checkpoint. The run folder is locked (``.run.lock``) from the searcher's construction
+until :meth:`Searcher.search` returns: a second search on it stops at once.
 """
 import os
 import time
