@@ -3,20 +3,27 @@
 :class:`EpochTimer` splits one epoch of :class:`reid_tf.training.engine.Engine` into
 
 * ``input_seconds``: waiting for the next batch (``next()`` on the epoch's dataset iterator,
-  including building the dataset and its first batch);
+  including building the dataset (:meth:`EpochTimer.waiting`), its first batch and releasing
+  the iterator at the end);
 * ``step_seconds``: the calls of :meth:`Engine.train_step`: the traced step, reading its losses
   back to Python (which waits for the step to finish) and the per-step progress bar;
 * ``other_seconds``: the rest of the epoch's wall time (``begin_epoch``, summing the losses,
   evaluation, the checkpoint, the history row, TensorBoard, ``after_checkpoint``).
 
 ``input + step + other == total`` by construction. The cost is a few ``time.perf_counter``
-calls per step.
+calls per step. ``other`` is further split into named ``parts`` (:meth:`EpochTimer.part`; the
+engine times ``begin_epoch``, ``end_epoch`` (evaluation), ``checkpoint``, ``history``,
+``tensorboard`` and ``after_checkpoint``); what no part covers (``other`` minus the parts) is
+the loop's own per-step bookkeeping.
 
 When the environment variable ``REID_TF_EPOCH_TIMING`` names a file, every epoch appends one
 JSON line to it: ``{"global_epoch", "steps", "images", "total_seconds", "input_seconds",
-"step_seconds", "other_seconds"}`` (``images``: ``steps x`` the batch's leading dimension, per
+"step_seconds", "other_seconds", "parts", "step_traces"}`` (``parts``: ``{name: seconds}``;
+``step_traces``: how many times the phase's traced step had been traced by the end of the
+epoch, ``null`` when it is not a ``tf.function``; ``images``: ``steps x`` the batch's leading dimension, per
 process).
 """
+import contextlib
 import json
 import os
 import time
@@ -36,6 +43,8 @@ class EpochTimer:
         self.steps = 0
         self.images = 0
         self.total_seconds = None
+        self.parts = {}
+        self.step_traces = None
 
     def add_input(self, seconds):
         self.input_seconds += seconds
@@ -44,6 +53,24 @@ class EpochTimer:
         self.step_seconds += seconds
         self.steps += 1
         self.images += int(images)
+
+    @contextlib.contextmanager
+    def waiting(self):
+        """Time the ``with`` block as waiting for input (e.g. building the epoch's dataset)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add_input(time.perf_counter() - started)
+
+    @contextlib.contextmanager
+    def part(self, name):
+        """Time the ``with`` block as the named part of ``other`` (repeated names add up)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.parts[name] = self.parts.get(name, 0.0) + time.perf_counter() - started
 
     def stop(self):
         """Close the epoch; returns :meth:`as_dict`."""
@@ -55,7 +82,8 @@ class EpochTimer:
             else time.perf_counter() - self.started
         return {"steps": self.steps, "images": self.images, "total_seconds": total,
                 "input_seconds": self.input_seconds, "step_seconds": self.step_seconds,
-                "other_seconds": max(total - self.input_seconds - self.step_seconds, 0.0)}
+                "other_seconds": max(total - self.input_seconds - self.step_seconds, 0.0),
+                "parts": dict(self.parts), "step_traces": self.step_traces}
 
     def write(self, global_epoch, path=None):
         """Append the epoch's JSON line to ``path`` (default: ``$REID_TF_EPOCH_TIMING``, nothing
@@ -86,6 +114,8 @@ def timed_batches(batches, timer):
         try:
             batch = next(iterator)
         except StopIteration:
+            # Releasing the exhausted iterator (a tf.data iterator's resources) is input too.
+            del iterator
             timer.add_input(time.perf_counter() - started)
             return
         timer.add_input(time.perf_counter() - started)
