@@ -18,7 +18,8 @@ the loop's own per-step bookkeeping.
 
 When the environment variable ``REID_TF_EPOCH_TIMING`` names a file, every epoch appends one
 JSON line to it: ``{"global_epoch", "steps", "images", "total_seconds", "input_seconds",
-"step_seconds", "other_seconds", "parts", "step_traces"}`` (``parts``: ``{name: seconds}``;
+"step_seconds", "other_seconds", "parts", "step_traces", "cpu_seconds"}`` (``parts``:
+``{name: seconds}``; ``cpu_seconds``: the process's CPU time over the epoch, all threads;
 ``step_traces``: how many times the phase's traced step had been traced by the end of the
 epoch, ``null`` when it is not a ``tf.function``; ``images``: ``steps x`` the batch's leading dimension, per
 process).
@@ -38,11 +39,13 @@ class EpochTimer:
 
     def __init__(self):
         self.started = time.perf_counter()
+        self.cpu_started = time.process_time()
         self.input_seconds = 0.0
         self.step_seconds = 0.0
         self.steps = 0
         self.images = 0
         self.total_seconds = None
+        self.cpu_seconds = None
         self.parts = {}
         self.step_traces = None
 
@@ -75,6 +78,7 @@ class EpochTimer:
     def stop(self):
         """Close the epoch; returns :meth:`as_dict`."""
         self.total_seconds = time.perf_counter() - self.started
+        self.cpu_seconds = time.process_time() - self.cpu_started
         return self.as_dict()
 
     def as_dict(self):
@@ -83,7 +87,9 @@ class EpochTimer:
         return {"steps": self.steps, "images": self.images, "total_seconds": total,
                 "input_seconds": self.input_seconds, "step_seconds": self.step_seconds,
                 "other_seconds": max(total - self.input_seconds - self.step_seconds, 0.0),
-                "parts": dict(self.parts), "step_traces": self.step_traces}
+                "parts": dict(self.parts), "step_traces": self.step_traces,
+                "cpu_seconds": self.cpu_seconds if self.cpu_seconds is not None
+                else time.process_time() - self.cpu_started}
 
     def write(self, global_epoch, path=None):
         """Append the epoch's JSON line to ``path`` (default: ``$REID_TF_EPOCH_TIMING``, nothing
