@@ -176,6 +176,8 @@ def run_reference(args, height, width, tree, folder):
     python_path = os.pathsep.join([site, args.torchvision_path])
     environment = dict(os.environ, PYTHONPATH=python_path, REF_EPOCH_TIMING=timing,
                        REF_STEPS=str(args.steps_per_epoch), PYTHONDONTWRITEBYTECODE="1")
+    if args.reference_omp_wait_policy:
+        environment["OMP_WAIT_POLICY"] = args.reference_omp_wait_policy
     command = [sys.executable, "train.py", "-ds", "market1501", f"--data-dir={tree}",
                f"--logs-dir={os.path.join(folder, 'reference_logs')}", "-b", "64",
                "--num-instance", "4", f"--height={height}", f"--width={width}",
@@ -189,7 +191,9 @@ def run_reference(args, height, width, tree, folder):
         raise SystemExit(f"error: reference train.py failed ({result.returncode}):\n"
                          f"{result.stderr[-3000:]}")
     return {"run": "reference", "recipe": "msinet", "size": f"{height}x{width}",
-            "workers": args.reference_workers, "process_seconds": round(wall, 1),
+            "workers": args.reference_workers,
+            "omp_wait_policy": args.reference_omp_wait_policy or None,
+            "process_seconds": round(wall, 1),
             "process_cpu_seconds": round(cpu, 1),
             "epochs": read_records(timing)}
 
@@ -267,6 +271,11 @@ def main():
                         help="folder holding the torchvision package (python files are enough)")
     parser.add_argument("--reference_workers", type=int, default=4,
                         help="the reference's DataLoader workers (train.py -j; its default 4)")
+    parser.add_argument("--reference_omp_wait_policy", default="PASSIVE",
+                        help="OMP_WAIT_POLICY of the reference ('' keeps the environment's): "
+                             "torch's OpenMP threads spin while waiting, which on a machine "
+                             "whose cores are shared with other processes made its 64x32 steps "
+                             "6x slower (NOTES.md); on a free machine the policy hardly matters")
     parser.add_argument("--data_cache", default=os.path.join(tempfile.gettempdir(),
                                                              "reid_tf_bench_epoch_data"))
     args = parser.parse_args()
