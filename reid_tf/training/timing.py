@@ -110,6 +110,9 @@ def _leading_dimension(batch):
     return int(shape[0])
 
 
+_END = object()
+
+
 def timed_batches(batches, timer):
     """Iterate ``batches``, adding the wait for each one (and for the end) to ``timer``."""
     started = time.perf_counter()
@@ -120,7 +123,11 @@ def timed_batches(batches, timer):
         try:
             batch = next(iterator)
         except StopIteration:
+            batch = _END
+        if batch is _END:
             # Releasing the exhausted iterator (a tf.data iterator's resources) is input too.
+            # Outside the except block: its exception's traceback still refers to the
+            # iterator, which would then be released later, untimed.
             del iterator
             timer.add_input(time.perf_counter() - started)
             return
