@@ -22,6 +22,7 @@ import csv
 import glob
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -35,11 +36,16 @@ RECIPES = {"msinet": "configs/msinet/market1501.flags",
 # Written into a temporary folder (outside the project) put first on the reference's PYTHONPATH.
 REFERENCE_SITECUSTOMIZE = '''\
 # Run the reference MSINet train.py on a CPU and time its epochs (bench_epoch.py).
-# .cuda() is a no-op; numpy 2's np.sum(generator) is given a list; each epoch's time
-# (model.train() .. lr_scheduler.step()) is appended to $REF_EPOCH_TIMING as a JSON line;
+# torchvision's C-op registrations are skipped; .cuda() is a no-op; numpy 2's np.sum(generator)
+# is given a list; each epoch's time
+# (model.train() .. lr_scheduler.step(); wall and this process's CPU time) is appended to $REF_EPOCH_TIMING as a JSON line;
 # $REF_STEPS caps the batches of an epoch; at torch.save (after the last epoch, before its
 # evaluation) the process exits.
-import itertools, json, os, time
+import itertools, json, os, sys, time, types
+# torchvision's compiled-op registrations do not load against this torch; only its
+# transforms are used.
+for _name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
+    sys.modules.setdefault(_name, types.ModuleType(_name))
 import numpy as np
 import torch
 
@@ -55,7 +61,7 @@ _state = {"start": None, "steps": 0, "batch": 0, "epoch": 0}
 _train = torch.nn.Module.train
 def _timed_train(self, mode=True):
     if mode and _state["start"] is None and type(self).__name__.lower().startswith("msinet"):
-        _state.update(start=time.perf_counter(), steps=0)
+        _state.update(start=time.perf_counter(), cpu=time.process_time(), steps=0)
     return _train(self, mode)
 torch.nn.Module.train = _timed_train
 
@@ -83,7 +89,9 @@ def _timed_step(self, *a, **k):
             with open(_record, "a") as handle:
                 handle.write(json.dumps({"epoch": _state["epoch"], "steps": _state["steps"],
                                          "images": _state["steps"] * _state["batch"],
-                                         "total_seconds": seconds}) + "\\n")
+                                         "total_seconds": seconds,
+                                         "cpu_seconds": time.process_time() - _state["cpu"]})
+                             + "\\n")
         _state["start"] = None
     return _step(self, *a, **k)
 _lrs.LRScheduler.step = _timed_step
@@ -110,6 +118,12 @@ def synthetic_tree(cache_folder, identities):
     return os.path.dirname(found[0])
 
 
+def children_cpu_seconds():
+    """CPU seconds (user + system) of the finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def read_records(path):
     if not os.path.isfile(path):
         return []
@@ -132,23 +146,29 @@ def run_reid_tf(args, recipe, height, width, cache_folder, folder, cache_images)
         command += ["--freeze_backbone_for_N_epochs=0", "--backbone_weights_file_path="]
     if cache_images:
         command.append("--cache_images")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), children_cpu_seconds()
     result = subprocess.run(command, cwd=args.project_root,
                             env=dict(os.environ, REID_TF_EPOCH_TIMING=timing),
                             capture_output=True, text=True)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, children_cpu_seconds() - cpu
     if result.returncode:
         raise SystemExit(f"error: solution.py failed ({result.returncode}):\n"
                          f"{result.stderr[-3000:]}")
     epochs = read_records(timing)
+    # history.csv's images_per_second: images over the epoch's loop (input and steps, without
+    # the end-of-epoch work); the one figure a checkout without reid_tf.training.timing has.
+    backbone = "msinet" if recipe == "msinet" else "resnet50"
+    with open(os.path.join(folder, "runs", f"Synthetic_{backbone}", "history.csv")) as handle:
+        history = [{"steps": int(row["steps"]), "images_per_second_of_steps":
+                    float(row["images_per_second"])} for row in csv.DictReader(handle)]
     if not epochs:
-        # A checkout without reid_tf.training.timing: the steps' rate from history.csv.
-        backbone = "msinet" if recipe == "msinet" else "resnet50"
-        with open(os.path.join(folder, "runs", f"Synthetic_{backbone}", "history.csv")) as handle:
-            epochs = [{"steps": int(row["steps"]), "images_per_second_of_steps":
-                       float(row["images_per_second"])} for row in csv.DictReader(handle)]
+        epochs = history
+    else:
+        for epoch, row in zip(epochs, history):
+            epoch["images_per_second_of_steps"] = row["images_per_second_of_steps"]
     return {"run": "reid-tf", "recipe": recipe, "size": f"{height}x{width}",
             "cache_images": cache_images, "process_seconds": round(wall, 1),
+            "process_cpu_seconds": round(cpu, 1),
             "project_root": args.project_root, "epochs": epochs}
 
 
@@ -161,19 +181,26 @@ def run_reference(args, height, width, tree, folder):
     python_path = os.pathsep.join([site, args.torchvision_path])
     environment = dict(os.environ, PYTHONPATH=python_path, REF_EPOCH_TIMING=timing,
                        REF_STEPS=str(args.steps_per_epoch), PYTHONDONTWRITEBYTECODE="1")
+    if args.reference_omp_wait_policy:
+        environment["OMP_WAIT_POLICY"] = args.reference_omp_wait_policy
     command = [sys.executable, "train.py", "-ds", "market1501", f"--data-dir={tree}",
                f"--logs-dir={os.path.join(folder, 'reference_logs')}", "-b", "64",
                "--num-instance", "4", f"--height={height}", f"--width={width}",
-               f"--epochs={args.epochs}", "--eval-interval=1000000", "--print-freq=1000000"]
-    started = time.perf_counter()
+               f"--epochs={args.epochs}", "--eval-interval=1000000", "--print-freq=1000000",
+               f"--workers={args.reference_workers}"]
+    started, cpu = time.perf_counter(), children_cpu_seconds()
     result = subprocess.run(command, cwd=args.reference_root, env=environment,
                             capture_output=True, text=True)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, children_cpu_seconds() - cpu
     if result.returncode:
         raise SystemExit(f"error: reference train.py failed ({result.returncode}):\n"
                          f"{result.stderr[-3000:]}")
     return {"run": "reference", "recipe": "msinet", "size": f"{height}x{width}",
-            "process_seconds": round(wall, 1), "epochs": read_records(timing)}
+            "workers": args.reference_workers,
+            "omp_wait_policy": args.reference_omp_wait_policy or None,
+            "process_seconds": round(wall, 1),
+            "process_cpu_seconds": round(cpu, 1),
+            "epochs": read_records(timing)}
 
 
 def run_step(args, height, width):
@@ -186,7 +213,9 @@ def run_step(args, height, width):
     record = json.loads(result.stdout.strip().splitlines()[-1])
     return {"run": "isolated step", "recipe": "msinet", "size": f"{height}x{width}",
             "images_per_second": record.get("images_per_second"),
-            "images_per_second_median": record.get("images_per_second_median")}
+            "images_per_second_median": record.get("images_per_second_median"),
+            "images_per_cpu_second": (round(64 / record["cpu_seconds_per_call"], 1)
+                                      if record.get("cpu_seconds_per_call") else None)}
 
 
 def run_search(args, cache_folder, folder):
@@ -206,7 +235,8 @@ def run_search(args, cache_folder, folder):
 
 def summary_line(record):
     if "epochs" not in record:
-        return f"{record['run']:>14} {record['size']:>8}  {record['images_per_second']} img/s"
+        return (f"{record['run']:>14} {record['size']:>8}  {record['images_per_second']} img/s"
+                f" [{record.get('images_per_cpu_second')} img per CPU s]")
     parts = []
     for epoch in record["epochs"]:
         if "total_seconds" not in epoch:
@@ -216,6 +246,8 @@ def summary_line(record):
         total = epoch["total_seconds"]
         rate = epoch["images"] / total if total else 0.0
         text = f"{epoch['steps']} steps {total:.1f} s {rate:.1f} img/s"
+        if epoch.get("cpu_seconds"):
+            text += f" [{epoch['images'] / epoch['cpu_seconds']:.1f} img per CPU s]"
         if "input_seconds" in epoch:
             text += (f" (input {epoch['input_seconds']:.1f} / step {epoch['step_seconds']:.1f}"
                      f" / other {epoch['other_seconds']:.1f})")
@@ -227,7 +259,8 @@ def summary_line(record):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="64x32,128x64")
-    parser.add_argument("--recipes", default="msinet")
+    parser.add_argument("--recipes", default="msinet",
+                        help="comma-separated recipes of solution.py, or none (other runs only)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps_per_epoch", type=int, default=0)
     parser.add_argument("--identities", type=int, default=100)
@@ -239,7 +272,15 @@ def main():
     parser.add_argument("--project_root", default=ROOT,
                         help="the reid-tf checkout whose solution.py runs (e.g. a 'before')")
     parser.add_argument("--reference_root", default="/work/refs/MSINet")
-    parser.add_argument("--torchvision_path", default="/tmp/loop_ref/tv")
+    parser.add_argument("--torchvision_path", default="/work/refs/tvsite",
+                        help="folder holding the torchvision package (python files are enough)")
+    parser.add_argument("--reference_workers", type=int, default=4,
+                        help="the reference's DataLoader workers (train.py -j; its default 4)")
+    parser.add_argument("--reference_omp_wait_policy", default="PASSIVE",
+                        help="OMP_WAIT_POLICY of the reference ('' keeps the environment's): "
+                             "torch's OpenMP threads spin while waiting, which on a machine "
+                             "whose cores are shared with other processes made its 64x32 steps "
+                             "6x slower (NOTES.md); on a free machine the policy hardly matters")
     parser.add_argument("--data_cache", default=os.path.join(tempfile.gettempdir(),
                                                              "reid_tf_bench_epoch_data"))
     args = parser.parse_args()
@@ -250,7 +291,7 @@ def main():
         except ValueError:
             raise SystemExit(f"error: --sizes: {text!r} is not HEIGHTxWIDTH") from None
         sizes.append((height, width))
-    recipes = args.recipes.split(",")
+    recipes = [] if args.recipes == "none" else args.recipes.split(",")
     unknown = [name for name in recipes if name not in RECIPES]
     if unknown:
         raise SystemExit(f"error: --recipes: unknown {unknown}; choose from {list(RECIPES)}")

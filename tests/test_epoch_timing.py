@@ -72,3 +72,63 @@ def test_timed_batches_counts_the_wait_for_the_end():
     timer = EpochTimer()
     assert [size for _, size in timed_batches(batches(), timer)] == [4]
     assert timer.input_seconds >= 0.05
+
+
+def test_other_is_split_into_named_parts(tmp_path, monkeypatch):
+    record_path = tmp_path / "timing.jsonl"
+    monkeypatch.setenv(ENVIRONMENT_VARIABLE, str(record_path))
+    engine = _SleepyEngine(str(tmp_path / "run"), [Phase("main", 1)], verbose=0)
+    engine.track({}, {})
+    engine.fit()
+    engine.close()
+    (record,) = [json.loads(line) for line in record_path.read_text().splitlines()]
+    parts = record["parts"]
+    assert set(parts) == {"begin_epoch", "end_epoch", "checkpoint", "history", "tensorboard",
+                          "after_checkpoint"}
+    # end_epoch sleeps OTHER_WAIT; the parts are inside "other" and (nearly) fill it.
+    assert OTHER_WAIT <= parts["end_epoch"] < OTHER_WAIT + 0.2
+    assert sum(parts.values()) <= record["other_seconds"] + 1e-9
+    assert record["other_seconds"] - sum(parts.values()) < 0.05
+    assert record["step_traces"] is None  # the step is a plain Python function
+
+
+class _TracedEngine(_SleepyEngine):
+    """The step is a tf.function; epochs 0 and 1 have batches of one shape, epoch 2 another
+    (one more trace)."""
+
+    def _make_train_step(self):
+        import tensorflow as tf
+        return tf.function(lambda images: tf.reduce_sum(images))
+
+    def epoch_batches(self, global_epoch):
+        for _ in range(STEPS):
+            rows = 5 if global_epoch < 2 else 6
+            yield np.full((rows, 2), global_epoch, np.float32), np.zeros(rows, np.int32)
+
+    def train_step(self, train_step, step_index, batch):
+        return {"total": float(train_step(batch[0]))}
+
+    def end_epoch(self, phase, epoch, row):
+        pass
+
+
+def test_the_records_count_the_traces_of_the_step(tmp_path, monkeypatch):
+    record_path = tmp_path / "timing.jsonl"
+    monkeypatch.setenv(ENVIRONMENT_VARIABLE, str(record_path))
+    engine = _TracedEngine(str(tmp_path / "run"), [Phase("main", 3)], verbose=0)
+    engine.track({}, {})
+    engine.fit()
+    engine.close()
+    records = [json.loads(line) for line in record_path.read_text().splitlines()]
+    assert [record["step_traces"] for record in records] == [1, 1, 2]
+
+
+def test_waiting_counts_as_input():
+    timer = EpochTimer()
+    with timer.waiting():
+        time.sleep(0.05)
+    with timer.part("x"):
+        time.sleep(0.02)
+    record = timer.stop()
+    assert record["input_seconds"] >= 0.05 and record["parts"]["x"] >= 0.02
+    assert record["other_seconds"] >= 0.02 and record["step_seconds"] == 0.0

@@ -381,11 +381,13 @@ class Engine:
         """One epoch: its steps, then :meth:`end_epoch`, the checkpoint, the history row, the
         TensorBoard scalars and :meth:`after_checkpoint`. Returns the row."""
         timer = EpochTimer()
-        self.begin_epoch(phase, epoch, global_epoch)
+        with timer.part("begin_epoch"):
+            self.begin_epoch(phase, epoch, global_epoch)
         sums, count = {}, 0
         started = time.time()
-        for step_index, (batch, images) in enumerate(
-                timed_batches(self.epoch_batches(global_epoch), timer)):
+        with timer.waiting():
+            batches = self.epoch_batches(global_epoch)
+        for step_index, (batch, images) in enumerate(timed_batches(batches, timer)):
             step_started = time.perf_counter()
             values = self.train_step(train_step, step_index, batch)
             timer.add_step(time.perf_counter() - step_started, images)
@@ -395,12 +397,21 @@ class Engine:
                 sums[name] = sums.get(name, 0.0) + value
             count += 1
         row = self.epoch_row(phase, epoch, global_epoch, sums, count, time.time() - started)
-        self.end_epoch(phase, epoch, row)
-        self.save_checkpoint(phase_index, epoch + 1)
-        self.history.append(row)
-        self.write_scalars(row, global_epoch + 1)
-        self.after_checkpoint(phase, epoch, row)
-        # Input / step / other split of the epoch (reid_tf.training.timing).
+        with timer.part("end_epoch"):
+            self.end_epoch(phase, epoch, row)
+        with timer.part("checkpoint"):
+            self.save_checkpoint(phase_index, epoch + 1)
+        with timer.part("history"):
+            self.history.append(row)
+        with timer.part("tensorboard"):
+            self.write_scalars(row, global_epoch + 1)
+        with timer.part("after_checkpoint"):
+            self.after_checkpoint(phase, epoch, row)
+        # Input / step / other split of the epoch (reid_tf.training.timing), and how often the
+        # phase's traced step has been traced so far (a retrace per epoch would show here).
+        tracing_count = getattr(train_step, "experimental_get_tracing_count", None)
+        if tracing_count is not None:
+            timer.step_traces = int(tracing_count())
         self.last_epoch_timing = timer.stop()
         timer.write(global_epoch + 1)
         return row
