@@ -222,3 +222,92 @@ def test_flipreid_frozen_phase_trains_only_the_heads_then_everything(tmp_path, s
     assert changed(before, after, "features_stage4_global_branch")
     history = (tmp_path / "Synthetic_resnet50" / "history.csv").read_text()
     assert "loss_regularization" in history and "loss_flipping" in history
+
+
+# The best checkpoint (--checkpoint_selection best): an evaluation after every epoch, and a
+# learning rate 50 times larger in the third epoch (Adam at 0.1 wrecks the trained weights), so
+# that the best evaluation is an earlier one than the last.
+BEST_RUN = ["--steps_per_epoch=8", "--epoch_num=3", "--deterministic",
+            "--evaluate_testing_every_N_epochs=1", "--learning_rate_mode=warmup_multistep",
+            "--learning_rate_base=2e-3", "--learning_rate_warmup_epochs=0",
+            "--learning_rate_milestones=2", "--learning_rate_gamma=50",
+            "--checkpoint_selection=best"]
+
+
+def _history_rows(run_folder):
+    import csv
+    with open(run_folder / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_best_checkpoint_survives_resume_and_reproduces_its_map(tmp_path, synthetic_cache,
+                                                               monkeypatch):
+    """The run is interrupted during its last epoch (after the best evaluation) and resumed:
+    the best so far comes back from the run folder, so the worse last epoch does not replace
+    it. Evaluating training_model.h5 gives the recorded best mAP, training_model_last.h5 the
+    last epoch's."""
+    from reid_tf.training import trainer as trainer_module
+    from reid_tf.training.selection import STATE_FILE
+    flags = common_flags(tmp_path / "train", synthetic_cache, *BEST_RUN, options=TINY_SYNTHETIC)
+    original = trainer_module.Trainer._make_train_step
+    calls = {"count": 0}
+
+    def make_interruptible_step(self):
+        step = original(self)
+
+        def interruptible(images, labels):
+            calls["count"] += 1
+            if calls["count"] == 2 * 8 + 3:  # the third step of the third epoch
+                raise KeyboardInterrupt("simulated kill")
+            return step(images, labels)
+        return interruptible
+
+    monkeypatch.setattr(trainer_module.Trainer, "_make_train_step", make_interruptible_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_solution(*flags)
+    monkeypatch.undo()
+    run_folder = tmp_path / "train" / "Synthetic_msinet"
+    interrupted = json.loads((run_folder / STATE_FILE).read_text())
+    results = run_solution(*flags)  # resumes at the third epoch
+
+    rows = _history_rows(run_folder)
+    assert [row["global_epoch"] for row in rows] == ["1", "2", "3"]
+    scores = [float(row["mAP"]) for row in rows]
+    best_index = int(np.argmax(scores))  # the first of the highest, as a strict improvement
+    assert best_index < 2 and scores[2] < scores[best_index], scores
+    assert interrupted["global_epoch"] == best_index + 1
+    selection = results["checkpoint_selection"]
+    assert selection["mode"] == "best" and selection["metric"] == "mAP"
+    assert (selection["phase"], selection["epoch"], selection["global_epoch"]) == (
+        "training_B", best_index + 1, best_index + 1)
+    assert selection["value"] == pytest.approx(scores[best_index], abs=1e-6)
+    assert results["trained"]["mAP"] == pytest.approx(scores[best_index], abs=1e-6)
+    assert results["last"]["mAP"] == pytest.approx(scores[2], abs=1e-6)
+    assert "training_model_last.h5" in selection["files"]
+    written = json.loads((run_folder / "results.json").read_text())
+    assert written["checkpoint_selection"]["global_epoch"] == best_index + 1
+    assert not list(run_folder.glob("*.tmp"))
+
+    for file_name, expected in (("training_model.h5", scores[best_index]),
+                                ("training_model_last.h5", scores[2])):
+        evaluation = run_solution(*common_flags(
+            tmp_path / file_name, synthetic_cache, "--evaluation_only",
+            f"--pretrained_model_file_path={run_folder / file_name}", options=TINY_SYNTHETIC))
+        assert evaluation["evaluation"]["mAP"] == pytest.approx(expected, abs=1e-6), file_name
+
+
+@pytest.mark.parametrize("arguments, reason", [
+    (["--testing_size=0"], "--testing_size=0"),
+    (["--evaluation_only"], "--evaluation_only"),
+    (["--epoch_num=0"], "--epoch_num=0"),
+])
+def test_best_checkpoint_needs_an_evaluation_during_training(arguments, reason):
+    from absl import flags as absl_flags
+
+    from reid_tf.flags import validate_flags
+    with pytest.raises(absl_flags.ValidationError,
+                       match=f"--checkpoint_selection=best .* {reason}"):
+        validate_flags(parse_flags("--checkpoint_selection=best", *arguments))
+    validate_flags(parse_flags("--checkpoint_selection=last", *arguments))
+    with pytest.raises(absl_flags.ValidationError, match="--checkpoint_selection='first'"):
+        validate_flags(parse_flags("--checkpoint_selection=first"))
