@@ -45,7 +45,7 @@ def test_training_raises_map_and_the_best_checkpoint_reproduces_it(tmp_path, syn
     # 0.192, 0.061 -> 0.197 and 0.076 -> 0.245 mAP. (With the default 80 identities the same
     # 120 steps gave between +3.6 and +6.7 points: too close to the threshold.)
     # --checkpoint_selection best, evaluated after epochs 2, 4 and 5; the fifth epoch runs at a
-    # 50 times larger learning rate (Adam at 0.1 wrecks the trained weights), so its evaluation
+    # 50 times larger learning rate (Adam at 0.1 spoils the trained weights), so its evaluation
     # is worse than the best. The run is interrupted in the fifth epoch and resumed: the best so
     # far comes back from the run folder and the worse last epoch does not replace it.
     from reid_tf.training import trainer as trainer_module
