@@ -673,7 +673,8 @@ def test_two_workers_train_and_search(tmp_path):
         # exactly but not with the one-device run (largest difference 0.64 on a BN moving
         # variance, 0.2 on depthwise kernels that moved 0.8; mean losses 9.055 against 9.337):
         # far beyond float32 rounding, so the two-worker step is not the one-device step for
-        # MSINet through solution.py. Reported as an open bug (notes/best.md); this check
+        # MSINet through solution.py (the batches of separate processes were checked equal;
+        # the triplet term differs most). Reported as an open bug (notes/best.md); this check
         # turns into a pass once the runs agree.
         pytest.xfail(f"two workers differ from one device: largest difference {difference}, "
                      f"relative {relative}; worst {worst}")
