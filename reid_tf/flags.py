@@ -13,7 +13,8 @@ FLAGS = flags.FLAGS
 
 from reid_tf.cli.validation import flag_given, parse_dataset_options, validate_flags  # noqa: F401
 from reid_tf.models.cmnas_config import DEFAULT_CONFIG_FILE as CMNAS_DEFAULT_CONFIG
-from reid_tf.runtime.choices import (AUGMENTATION_RECIPES, BACKBONES, DISTANCE_METRICS,
+from reid_tf.runtime.choices import (AUGMENTATION_RECIPES, BACKBONES, CHECKPOINT_SELECTIONS,
+                                     DISTANCE_METRICS,
                                      EXPORT_FORMATS, POOLING_MODES, SAM_MODES,
                                      RESIZE_INTERPOLATIONS, SAMPLER_POLICIES, STRATEGIES,
                                      TFLITE_QUANTIZATIONS)
@@ -179,6 +180,12 @@ def define_flags():
                          "Copy the EMA shadow into the live weights every N epochs.")
     _define_once(flags.DEFINE_bool, "evaluate_before_training", False,
                       "Also evaluate the untrained model (printed next to the trained one).")
+    _define_once(flags.DEFINE_string, "checkpoint_selection", "last",
+                 f"Which weights training_model.h5 / inference_model.h5 hold: "
+                 f"{' or '.join(CHECKPOINT_SELECTIONS)}. best: those of the main phase's "
+                 "evaluation with the highest mAP (FlipReID's ModelCheckpoint; needs an "
+                 "evaluation during training), the final epoch's kept as "
+                 "training_model_last.h5 / inference_model_last.h5; last: the final epoch's.")
     _define_once(flags.DEFINE_bool, "overwrite_output_folder", False,
                       "Delete the run's output folder first instead of resuming from it.")
     _define_once(flags.DEFINE_string, "distance_metric", "cosine",

@@ -533,39 +533,78 @@ def _tf_config(ports, index):
                        "task": {"type": "worker", "index": index}})
 
 
+def _run_solution_keeping_weights(weights_path, arguments):
+    """``solution.py arguments`` that also writes the final training-model weights to
+    ``weights_path`` (a non-chief worker's run folder is removed at the end of its run)."""
+    import runpy
+
+    from reid_tf.cli import train
+
+    save_weights = train.save_weights
+
+    def saving(models, weight_targets, run_folder, *args, **kwargs):
+        save_weights(models, weight_targets, run_folder, *args, **kwargs)
+        weight_targets[-2].save_weights(weights_path)
+
+    train.save_weights = saving
+    sys.argv = [os.path.join(REPOSITORY, "solution.py"), *arguments]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+
+
+def _h5_weights(path):
+    import h5py
+    values = {}
+    with h5py.File(path, "r") as handle:
+        handle.visititems(lambda name, item: values.__setitem__(name, item[()])
+                          if hasattr(item, "shape") else None)
+    return values
+
+
 def test_two_workers_train_and_search(tmp_path):
     """Two processes on 127.0.0.1 train a few steps through solution.py, then search a few
-    steps with python -m nas.search; only the chief (worker 0) writes the run folders."""
+    steps with python -m nas.search; only the chief (worker 0) writes the run folders. Both
+    workers end the training (two steps, history.csv) with the same weights, exactly.
+
+    (A one-device run of the same global batch from the same initial weights was compared
+    too on 2026-12-04 and differed far beyond float32 rounding: an open finding, reported in
+    the stop's note, not asserted here.)"""
     cache = tmp_path / "cache"
     data = [f"--dataset_options=cache_folder_path={cache},{TINY_SYNTHETIC}",
             "--image_height=64", "--image_width=32", "--image_num_per_identity=2",
-            "--workers=1", "--strategy=multi_worker"]
+            "--workers=1"]
     # Generate the dataset once, before the workers start.
     from reid_tf.data.synthetic import prepare_synthetic_dataset
     from reid_tf.flags import parse_dataset_options
     options = parse_dataset_options(data[0].split("=", 1)[1].split(","))
     prepare_synthetic_dataset("Synthetic", options.pop("cache_folder_path"), **options)
 
-    training = [sys.executable, "solution.py", "--dataset_name=Synthetic", *data,
+    training = ["--dataset_name=Synthetic", *data,
                 "--backbone_model_name=msinet", "--identity_num_per_batch=4",
                 "--steps_per_epoch=2", "--epoch_num=1", "--freeze_backbone_for_N_epochs=0",
                 "--testing_size=0", "--optimizer_name=sgd", "--learning_rate_mode=constant",
                 "--learning_rate_start=1e-3", "--learning_rate_end=1e-3",
                 "--use_data_augmentation_in_training=false"]
     search = [sys.executable, "-m", "nas.search", "--dataset_name=Synthetic", *data,
-              "--identity_num_per_batch=2", "--steps_per_epoch=2", "--epoch_num=1",
-              "--evaluation_interval=0", "--search_warmup_epochs=0", "--genotype_interval=1",
+              "--strategy=multi_worker", "--identity_num_per_batch=2", "--steps_per_epoch=2",
+              "--epoch_num=1", "--evaluation_interval=0", "--search_warmup_epochs=0",
+              "--genotype_interval=1",
               "--clean_bilevel"]  # an architecture step and a weight step in both steps
     temporary = tmp_path / "temporary"  # where worker 1 writes (and removes) its outputs
     temporary.mkdir()
-    for name, command in (("train", training), ("search", search)):
+    for name, command in (("train", None), ("search", search)):
         ports = _free_ports(2)
-        commands = [(command + [f"--output_folder_path={tmp_path / name}"],
-                     _environment(TF_CONFIG=_tf_config(ports, index), TMPDIR=str(temporary)))
-                    for index in range(2)]
-        codes, outputs = _run_workers(commands, str(tmp_path), timeout=480)
-        assert codes == [0, 0], "\n\n".join(output[-4000:] for output in outputs)
-        for output in outputs:
+        commands = []
+        for index in range(2):
+            if name == "train":
+                command = [sys.executable, os.path.abspath(__file__), "solution",
+                           str(tmp_path / f"worker{index}_weights.h5"), *training,
+                           "--strategy=multi_worker"]
+            commands.append((command + [f"--output_folder_path={tmp_path / name}"],
+                             _environment(TF_CONFIG=_tf_config(ports, index),
+                                          TMPDIR=str(temporary))))
+        codes, outputs = _run_workers(commands, str(tmp_path), timeout=600)
+        assert codes == [0] * len(commands), "\n\n".join(output[-4000:] for output in outputs)
+        for output in outputs[:2]:
             assert "with 2 replica(s) in sync" in output
         # Only the chief's run folder exists under --output_folder_path; worker 1's
         # temporary folder is gone.
@@ -582,7 +621,18 @@ def test_two_workers_train_and_search(tmp_path):
     for file_name in ("genotype.json", "history.csv", "search.log", "checkpoint"):
         assert (search_folder / file_name).exists(), file_name
 
+    # The final weights (every variable: kernels, BN statistics, GeM powers ...).
+    workers = [_h5_weights(tmp_path / f"worker{index}_weights.h5") for index in range(2)]
+    chief = _h5_weights(run_folder / "training_model.h5")
+    assert workers[0].keys() == workers[1].keys() == chief.keys() and len(chief) > 100
+    for name in chief:
+        # The all-reduced gradients and BN statistics are the same on both workers.
+        np.testing.assert_array_equal(workers[0][name], workers[1][name], err_msg=name)
+        np.testing.assert_array_equal(workers[0][name], chief[name], err_msg=name)
+
 
 if __name__ == "__main__":
     if sys.argv[1] == "mirrored":
         _run_mirrored_checks(sys.argv[2])
+    elif sys.argv[1] == "solution":
+        _run_solution_keeping_weights(sys.argv[2], sys.argv[3:])

@@ -32,33 +32,98 @@ def synthetic_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("synthetic_cache"))
 
 
-def test_training_raises_map_and_evaluation_only_reproduces_it(tmp_path, synthetic_cache):
+def _history_rows(run_folder):
+    import csv
+    with open(run_folder / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_training_raises_map_and_the_best_checkpoint_reproduces_it(tmp_path, synthetic_cache,
+                                                                   monkeypatch):
     # About 90 s of the quick-start recipe (FlipReID structure around MSINet) on a small
-    # synthetic set (24 training identities); seeds 0, 1, 2 measured 0.080 -> 0.192,
-    # 0.061 -> 0.197 and 0.076 -> 0.245 mAP. (With the default 80 identities the same
+    # synthetic set (24 training identities) for 4 epochs; seeds 0, 1, 2 measured 0.080 ->
+    # 0.192, 0.061 -> 0.197 and 0.076 -> 0.245 mAP. (With the default 80 identities the same
     # 120 steps gave between +3.6 and +6.7 points: too close to the threshold.)
-    results = run_solution(*common_flags(tmp_path / "train", synthetic_cache,
-                                         "--steps_per_epoch=30", "--epoch_num=4",
-                                         "--use_horizontal_flipping_inside_model",
-                                         "--evaluate_before_training", options=TINY_SYNTHETIC))
+    # --checkpoint_selection best, evaluated after epochs 2, 4 and 5; the fifth epoch runs at a
+    # 50 times larger learning rate (Adam at 0.1 spoils the trained weights), so its evaluation
+    # is worse than the best. The run is interrupted in the fifth epoch and resumed: the best so
+    # far comes back from the run folder and the worse last epoch does not replace it.
+    from reid_tf.training import trainer as trainer_module
+    from reid_tf.training.selection import STATE_FILE
+    flags = common_flags(tmp_path / "train", synthetic_cache, "--steps_per_epoch=30",
+                         "--epoch_num=5", "--use_horizontal_flipping_inside_model",
+                         "--evaluate_before_training", "--evaluate_testing_every_N_epochs=2",
+                         "--learning_rate_mode=warmup_multistep", "--learning_rate_base=2e-3",
+                         "--learning_rate_warmup_epochs=0", "--learning_rate_milestones=4",
+                         "--learning_rate_gamma=50", "--checkpoint_selection=best",
+                         options=TINY_SYNTHETIC)
+    original = trainer_module.Trainer._make_train_step
+    calls = {"count": 0}
+
+    def make_interruptible_step(self):
+        step = original(self)
+
+        def interruptible(images, labels):
+            calls["count"] += 1
+            if calls["count"] == 4 * 30 + 3:  # the third step of the fifth epoch
+                raise KeyboardInterrupt("simulated kill")
+            return step(images, labels)
+        return interruptible
+
+    monkeypatch.setattr(trainer_module.Trainer, "_make_train_step", make_interruptible_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_solution(*flags)
+    monkeypatch.undo()
+    run_folder = tmp_path / "train" / "Synthetic_msinet"
+    interrupted = json.loads((run_folder / STATE_FILE).read_text())
+    results = run_solution(*flags)  # resumes at the fifth epoch
+
+    rows = _history_rows(run_folder)
+    assert [row["global_epoch"] for row in rows] == ["1", "2", "3", "4", "5"]
+    evaluated = [(int(row["global_epoch"]), float(row["mAP"])) for row in rows if row["mAP"]]
+    assert [epoch for epoch, _ in evaluated] == [2, 4, 5]
+    # The first of the highest (an evaluation replaces the best only when strictly better).
+    best_epoch, best_score = max(evaluated, key=lambda item: item[1])
+    last_score = evaluated[-1][1]
+    assert best_epoch < 5 and last_score < best_score, evaluated
+    assert interrupted["global_epoch"] == best_epoch
     untrained, trained = results["untrained"]["mAP"], results["trained"]["mAP"]
     assert trained > untrained + 0.04 and trained > 2 * untrained, (untrained, trained)
-    run_folder = tmp_path / "train" / "Synthetic_msinet"
-    for name in ("training_model.h5", "inference_model.h5", "evaluation.json", "cmc_curve.png",
+    assert trained == pytest.approx(best_score, abs=1e-6)
+    assert results["last"]["mAP"] == pytest.approx(last_score, abs=1e-6)
+    selection = results["checkpoint_selection"]
+    assert selection["mode"] == "best" and selection["metric"] == "mAP"
+    assert (selection["phase"], selection["epoch"], selection["global_epoch"]) == (
+        "training_B", best_epoch, best_epoch)
+    assert selection["value"] == pytest.approx(best_score, abs=1e-6)
+    assert {"training_model.h5", "inference_model.h5", "training_model_last.h5",
+            "inference_model_last.h5"} == set(selection["files"])
+    written = json.loads((run_folder / "results.json").read_text())
+    assert written["checkpoint_selection"]["global_epoch"] == best_epoch
+    for name in ("training_model.h5", "inference_model.h5", "training_model_last.h5",
+                 "inference_model_last.h5", STATE_FILE, "evaluation.json", "cmc_curve.png",
                  "rank_list.png", "history.csv", "checkpoint"):
         assert (run_folder / name).exists(), name
-    written = json.loads((run_folder / "evaluation.json").read_text())
-    assert written["mAP"] == pytest.approx(trained)
-    assert all(0.0 <= written[key] <= 1.0 for key in ("rank1", "rank5", "rank10", "mAP", "mINP"))
+    assert not list(run_folder.glob("*.tmp"))
+    last_evaluation = json.loads((run_folder / "evaluation.json").read_text())
+    assert last_evaluation["mAP"] == pytest.approx(last_score)
+    assert all(0.0 <= last_evaluation[key] <= 1.0
+               for key in ("rank1", "rank5", "rank10", "mAP", "mINP"))
 
-    # Evaluating the exported weights reproduces the reported numbers.
+    # Evaluating the best weights reproduces the recorded best numbers; the final epoch's
+    # weights are beside them.
     evaluation = run_solution(*common_flags(
         tmp_path / "evaluate", synthetic_cache, "--evaluation_only",
         f"--pretrained_model_file_path={run_folder / 'training_model.h5'}", "--save_data_to_disk",
         options=TINY_SYNTHETIC))
-    assert evaluation["evaluation"]["mAP"] == pytest.approx(trained, abs=1e-6)
+    assert evaluation["evaluation"]["mAP"] == pytest.approx(best_score, abs=1e-6)
     assert evaluation["evaluation"]["rank1"] == pytest.approx(results["trained"]["rank1"],
                                                               abs=1e-6)
+    best_weights = _weights(run_folder / "training_model.h5")
+    last_weights = _weights(run_folder / "training_model_last.h5")
+    assert best_weights.keys() == last_weights.keys()
+    assert any(not np.array_equal(best_weights[name], last_weights[name])
+               for name in best_weights)
     saved = np.load(tmp_path / "evaluate" / "Synthetic_msinet" / "test.npz")
     assert saved["query_image_features_array"].shape[1] == 768
     assert len(saved["query_identity_ID_array"]) == saved["query_image_features_array"].shape[0]
@@ -107,6 +172,13 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, synthetic_cache, 
     assert len(history.strip().splitlines()) == 2  # header + the one finished epoch
     run_solution(*flags("resumed"))  # the same command again continues from the checkpoint
 
+    # --checkpoint_selection last (the default): training_model.h5 holds the final weights.
+    results = json.loads((tmp_path / "resumed" / "Synthetic_msinet" / "results.json")
+                         .read_text())
+    assert results["checkpoint_selection"] == {
+        "mode": "last", "files": {"training_model.h5": "weights after the final epoch",
+                                  "inference_model.h5": "weights after the final epoch"}}
+    assert not (tmp_path / "resumed" / "Synthetic_msinet" / "training_model_last.h5").exists()
     straight = _weights(tmp_path / "straight" / "Synthetic_msinet" / "training_model.h5")
     resumed = _weights(tmp_path / "resumed" / "Synthetic_msinet" / "training_model.h5")
     assert straight.keys() == resumed.keys() and len(straight) > 100
@@ -222,3 +294,21 @@ def test_flipreid_frozen_phase_trains_only_the_heads_then_everything(tmp_path, s
     assert changed(before, after, "features_stage4_global_branch")
     history = (tmp_path / "Synthetic_resnet50" / "history.csv").read_text()
     assert "loss_regularization" in history and "loss_flipping" in history
+
+
+
+@pytest.mark.parametrize("arguments, reason", [
+    (["--testing_size=0"], "--testing_size=0"),
+    (["--evaluation_only"], "--evaluation_only"),
+    (["--epoch_num=0"], "--epoch_num=0"),
+])
+def test_best_checkpoint_needs_an_evaluation_during_training(arguments, reason):
+    from absl import flags as absl_flags
+
+    from reid_tf.flags import validate_flags
+    with pytest.raises(absl_flags.ValidationError,
+                       match=f"--checkpoint_selection=best .* {reason}"):
+        validate_flags(parse_flags("--checkpoint_selection=best", *arguments))
+    validate_flags(parse_flags("--checkpoint_selection=last", *arguments))
+    with pytest.raises(absl_flags.ValidationError, match="--checkpoint_selection='first'"):
+        validate_flags(parse_flags("--checkpoint_selection=first"))

@@ -5,7 +5,11 @@ reference (which deletes it at start-up), it is kept so that running the same co
 resumes from its checkpoint; ``--overwrite_output_folder`` starts afresh.
 
 Files written there: ``checkpoint/`` (resumable state), ``training_model.h5`` and
-``inference_model.h5`` (weights), ``evaluation.json`` (the last evaluation: ``rank1``,
+``inference_model.h5`` (weights: the final epoch's, or with ``--checkpoint_selection best`` the
+best evaluation's, with the final epoch's in ``training_model_last.h5`` /
+``inference_model_last.h5`` and the best's epoch and metrics in ``best_checkpoint.json``;
+:mod:`reid_tf.training.selection`), ``results.json`` (the run's metrics and which weight file
+holds what), ``evaluation.json`` (the last evaluation: ``rank1``,
 ``rank5``, ``rank10``, ``mAP``, ``mINP`` as fractions; RegDB adds ``reverse_direction``,
 CM-NAS adds ``pre_bnneck`` with the same metrics for the pre-BNNeck features),
 ``cmc_curve.png``, ``rank_list.png``,
@@ -33,7 +37,7 @@ from reid_tf.models.factory import build_models, evaluation_outputs
 from reid_tf.retrieval.run_settings import RunSettings, save_run_settings
 from reid_tf.runtime import distribute, environment
 from reid_tf.runtime.choices import CROSS_MODALITY_PROTOCOLS
-from reid_tf.runtime.files import atomic_path, write_json
+from reid_tf.runtime.files import write_json
 from reid_tf.training.engine import RunFolder
 
 
@@ -99,13 +103,16 @@ def load_pretrained_weights(weight_targets, file_path):
             "file_tensors_not_loaded": list(report.unused)}
 
 
-def save_weights(models, weight_targets, run_folder):
-    """``training_model.h5`` in the family's plain training-model layout (the same with and
-    without the flip structure, which adds no weights) and ``inference_model.h5``."""
-    with atomic_path(os.path.join(run_folder, "training_model.h5")) as path:
-        weight_targets[-2].save_weights(path)
-    with atomic_path(os.path.join(run_folder, "inference_model.h5")) as path:
-        models.inference_model.save_weights(path)
+def save_weights(models, weight_targets, run_folder, selection="last"):
+    """The final epoch's weights: the training model in the family's plain training-model
+    layout (the same with and without the flip structure, which adds no weights) and the
+    inference model, as ``training_model.h5`` / ``inference_model.h5`` (``last``) or
+    ``training_model_last.h5`` / ``inference_model_last.h5`` (``best``), each written
+    atomically."""
+    from reid_tf.training.selection import last_file_names, save_weights_atomically
+    training_name, inference_name = last_file_names(selection)
+    save_weights_atomically(weight_targets[-2], os.path.join(run_folder, training_name))
+    save_weights_atomically(models.inference_model, os.path.join(run_folder, inference_name))
 
 
 def export_models(models, run_folder, formats, weights_saved=True, tflite_quantization="float32"):
@@ -154,7 +161,44 @@ def _mixed_batch_inputs(images):
     return [images, tf.constant(0, tf.int32)]
 
 
-def _trainer(values, models, data, evaluator, folder, strategy):
+def _best_checkpoint(values, weight_targets, models, folder):
+    """The :class:`~reid_tf.training.selection.BestCheckpoint` of ``--checkpoint_selection
+    best`` (None for ``last``), holding the best so far of a resumed run."""
+    if values.checkpoint_selection != "best":
+        print("Checkpoint selection: last (training_model.h5 and inference_model.h5 hold the "
+              "final epoch's weights).")
+        return None
+    from reid_tf.training.selection import BestCheckpoint
+    best = BestCheckpoint(folder.path, weight_targets[-2], models.inference_model,
+                          metric="mAP", restore_folder=folder.restore_path)
+    print(best.describe(), flush=True)
+    return best
+
+
+def _selection_record(values, best, last_evaluation):
+    """``results.json``'s ``checkpoint_selection``: the mode, the metric, the best epoch and
+    its metrics, and which file holds which weights."""
+    from reid_tf.training.selection import last_file_names, scalar_metrics
+    training_last, inference_last = last_file_names(values.checkpoint_selection)
+    last_text = "weights after the final epoch"
+    record = {"mode": values.checkpoint_selection}
+    if best is None:
+        record["files"] = {training_last: last_text, inference_last: last_text}
+        return record
+    state = best.state
+    best_text = (f"weights of the best evaluation by {best.metric}: {state['phase']} epoch "
+                 f"{state['epoch']} (run epoch {state['global_epoch']}), {best.metric} "
+                 f"{state['value']:.6f}")
+    record.update(metric=best.metric, phase=state["phase"], epoch=state["epoch"],
+                  global_epoch=state["global_epoch"], value=state["value"],
+                  metrics=state["metrics"],
+                  last_metrics=scalar_metrics(last_evaluation) if last_evaluation else None,
+                  files={"training_model.h5": best_text, "inference_model.h5": best_text,
+                         training_last: last_text, inference_last: last_text})
+    return record
+
+
+def _trainer(values, models, data, evaluator, folder, strategy, best_checkpoint=None):
     """The :class:`~reid_tf.training.trainer.Trainer` of the flags."""
     from reid_tf.losses.objective import Objective
     from reid_tf.training import trainer as trainer_module
@@ -198,7 +242,7 @@ def _trainer(values, models, data, evaluator, folder, strategy):
         ema=ema, ema_reset_every_N_epochs=values.ema_reset_every_N_epochs,
         training_inputs=training_inputs, jit_compile=values.jit_compile, strategy=strategy,
         # A fresh start (--overwrite_output_folder) resumes from nothing on every worker.
-        restore_folder=folder.restore_path)
+        restore_folder=folder.restore_path, best_checkpoint=best_checkpoint)
 
 
 def _run(values, strategy, folder):
@@ -259,15 +303,29 @@ def _run_collecting(values, strategy, folder, left_out):
         seed=values.seed, policy=values.sampler_policy, cross_modality=cross_modality,
         label_map=label_map, workers=values.workers, cache_images=values.cache_images,
         resize=values.resize_interpolation)
-    trainer = _trainer(values, models, data, evaluator, folder, strategy)
+    best = _best_checkpoint(values, weight_targets, models, folder)
+    trainer = _trainer(values, models, data, evaluator, folder, strategy, best)
     trainer.fit()
     trainer.close()
-    save_weights(models, weight_targets, run_folder)
+    save_weights(models, weight_targets, run_folder, values.checkpoint_selection)
     if os.path.exists(trainer.history_path):
         from reid_tf.visualization import plot_history
         plot_history(trainer.history_path, os.path.join(run_folder, "history"))
+    last_evaluation = None
     if evaluator is not None:
-        results["trained"] = trainer.last_evaluation or evaluator(models.inference_model, "trained")
+        last_evaluation = (trainer.last_evaluation
+                           or evaluator(models.inference_model, "trained"))
+        results["trained"] = last_evaluation
+    if best is not None:
+        # From here on (target evaluation, exports) the models hold the best weights, and
+        # "trained" is what training_model.h5 scores; "last" is the final epoch's evaluation.
+        best.restore_best_weights()
+        results["trained"] = dict(best.state["metrics"])
+        results["last"] = last_evaluation
+        print(f"Kept the best {best.metric} ({best.state['value']:.6f}, "
+              f"{best.state['phase']} epoch {best.state['epoch']}) as training_model.h5; the "
+              f"final epoch's weights are in training_model_last.h5.")
+    results["checkpoint_selection"] = _selection_record(values, best, last_evaluation)
     if values.target_dataset_name:
         target_root = values.target_root_folder_path or values.root_folder_path
         target_protocol = dataset_protocol(values.target_dataset_name)
@@ -282,15 +340,19 @@ def _run_collecting(values, strategy, folder, left_out):
                   tflite_quantization=values.tflite_quantization)
     results["left_out"] = list(left_out)
     if "untrained" in results and "trained" in results:
-        print_comparison(results["untrained"], results["trained"])
+        print_comparison(results["untrained"], results["trained"], results.get("last"))
     write_json(os.path.join(run_folder, "results.json"), results, indent=2, default=float)
     print("All done!")
     return results
 
 
-def print_comparison(untrained, trained):
+def print_comparison(untrained, trained, last=None):
+    """The metrics table (``last``: the final epoch's, when ``trained`` is the best)."""
     print("\n               rank-1   rank-5  rank-10      mAP")
-    for name, summary in (("untrained", untrained), ("trained", trained)):
+    rows = [("untrained", untrained), ("trained", trained)]
+    if last is not None:
+        rows = [("untrained", untrained), ("best", trained), ("last", last)]
+    for name, summary in rows:
         print(f"{name:>12}  " + "  ".join(f"{100 * summary.get(key, float('nan')):6.2f}%"
                                           for key in ("rank1", "rank5", "rank10", "mAP")))
     print(flush=True)

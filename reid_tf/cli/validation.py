@@ -10,7 +10,8 @@ import os
 
 from absl import flags
 
-from reid_tf.runtime.choices import (AUGMENTATION_RECIPES, BACKBONES, CROSS_MODALITY_PROTOCOLS,
+from reid_tf.runtime.choices import (AUGMENTATION_RECIPES, BACKBONES, CHECKPOINT_SELECTIONS,
+                                     CROSS_MODALITY_PROTOCOLS,
                                      DISTANCE_METRICS, EXPORT_FORMATS, FLIPREID_BACKBONES,
                                      LEARNING_RATE_MODES, MIXED_PRECISION_POLICIES, OPTIMIZERS,
                                      POOLING_MODES, SAM_MODES, SAMPLER_POLICIES, STRATEGIES,
@@ -57,7 +58,8 @@ def _check_choices(values):
                           ("sampler_policy", SAMPLER_POLICIES), ("sam_mode", SAM_MODES),
                           ("distance_metric", DISTANCE_METRICS),
                           ("mixed_precision", MIXED_PRECISION_POLICIES),
-                          ("strategy", STRATEGIES), ("sysu_search_mode", ("all", "indoor"))):
+                          ("strategy", STRATEGIES), ("sysu_search_mode", ("all", "indoor")),
+                          ("checkpoint_selection", CHECKPOINT_SELECTIONS)):
         value = getattr(values, name)
         _check(value in choices, f"--{name}={value!r}: expected one of "
                                  f"{', '.join(repr(choice) for choice in choices)}.")
@@ -221,6 +223,14 @@ def _check_training_flags(values, cross_modality):
     if recipe == "none":
         _refuse_given(values, ["random_erasing_probability"],
                       "has no effect without training augmentation.")
+    if values.checkpoint_selection == "best":
+        reason = ("--evaluation_only (nothing is trained)" if values.evaluation_only else
+                  "--testing_size=0 (no evaluation)" if values.testing_size == 0 else
+                  "--epoch_num=0 (no main phase)" if values.epoch_num == 0 else "")
+        _check(not reason, "--checkpoint_selection=best keeps the weights of the main "
+                           "phase's evaluation with the best mAP, but this run evaluates "
+                           f"nothing during training: {reason}; evaluate during training "
+                           "or use --checkpoint_selection=last.")
     _check(not (values.jit_compile and values.strategy != "default"),
            "--jit_compile is not available with --strategy mirrored or multi_worker (the "
            "distributed step's collective operations are not XLA-compiled); drop one of the two "

@@ -36,6 +36,9 @@ DISTANCE_METRICS = ("cosine", "euclidean", "sqeuclidean")
 
 # Optimisation (reid_tf.training.optimizers, reid_tf.training.schedules).
 OPTIMIZERS = ("adam", "sgd", "torch_adam")
+# Which weights training_model.h5 holds (reid_tf.training.selection): the best evaluation's
+# (FlipReID's ModelCheckpoint on the test mAP) or the final epoch's.
+CHECKPOINT_SELECTIONS = ("best", "last")
 LEARNING_RATE_MODES = ("constant", "linear", "cosine", "warmup", "default", "warmup_multistep")
 
 # Runtime (reid_tf.runtime.environment, reid_tf.runtime.distribute).

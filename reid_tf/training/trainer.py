@@ -13,7 +13,9 @@ What a model family provides:
 The trainer adds to the engine's loop and bookkeeping: phases (frozen backbone, then
 everything), optimiser groups (``backbone_learning_rate_multiplier``), the per-epoch
 learning-rate schedule, dynamic loss scaling under ``mixed_float16``, optional weight EMA,
-evaluation every N epochs and the progress bar.
+evaluation every N epochs (with ``best_checkpoint``, a
+:class:`~reid_tf.training.selection.BestCheckpoint` that keeps the weights of the main phase's
+best evaluation) and the progress bar.
 
 Distribution (``strategy``, :mod:`reid_tf.runtime.distribute`): the models (and the EMA) must
 have been built inside ``strategy.scope()``; the trainer builds its optimisers there, feeds
@@ -96,7 +98,9 @@ class Trainer(Engine):
     current one). ``restore_folder``: the run folder whose checkpoint :meth:`restore` reads
     (default ``output_folder``; a multi-worker run's non-chief workers write into a temporary
     folder and resume from the chief's). ``after_epoch(trainer, phase, epoch)`` runs after
-    every epoch's steps, before its evaluation and checkpoint.
+    every epoch's steps, before its evaluation and checkpoint. ``best_checkpoint``
+    (:class:`~reid_tf.training.selection.BestCheckpoint`) considers every evaluation of the
+    last phase, before the epoch's checkpoint (so a resumed epoch is considered again).
     """
 
     def __init__(self, *, models, objective, data, schedule, optimizer_factory, output_folder,
@@ -104,7 +108,7 @@ class Trainer(Engine):
                  evaluate=None, backbone_learning_rate_multiplier=1.0, ema=None,
                  ema_reset_every_N_epochs=0, training_inputs=None, verbose=1,
                  checkpoint_max_to_keep=2, jit_compile=False, after_epoch=None, strategy=None,
-                 restore_folder=None):
+                 restore_folder=None, best_checkpoint=None):
         super().__init__(output_folder, training_phases(epoch_num, freeze_backbone_for_N_epochs),
                          strategy=strategy, restore_folder=restore_folder,
                          jit_compile=jit_compile, position_column="global_epoch",
@@ -122,6 +126,7 @@ class Trainer(Engine):
         self.ema_reset_every_N_epochs = ema_reset_every_N_epochs
         self.training_inputs = training_inputs or (lambda images: images)
         self.after_epoch = after_epoch
+        self.best_checkpoint = best_checkpoint
         self.last_evaluation = None
         self.loss_scaling = uses_loss_scaling()
         self.groups = self._make_groups(optimizer_factory, backbone_learning_rate_multiplier)
@@ -313,6 +318,9 @@ class Trainer(Engine):
             if metrics:
                 row.update({key: value for key, value in metrics.items()
                             if isinstance(value, (int, float))})
+            if self.best_checkpoint is not None and phase is self.phases[-1]:
+                self.best_checkpoint.consider(metrics, phase=phase.name, epoch=epoch + 1,
+                                              global_epoch=row["global_epoch"])
         final_epoch = phase is self.phases[-1] and epoch + 1 == phase.epochs
         reset = (self.ema is not None and self.ema_reset_every_N_epochs > 0
                  and (epoch + 1) % self.ema_reset_every_N_epochs == 0 and not final_epoch)
