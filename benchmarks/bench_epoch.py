@@ -13,7 +13,9 @@ epoch's images/s and its split into waiting for input, the step and the rest
 ``--reference`` adds the reference MSINet ``train.py`` (``--reference_root``, read-only) on the
 same tree, same epochs, on the CPU: its ``.cuda()`` calls are no-ops and its epochs timed by a
 ``sitecustomize.py`` this script writes into its temporary folder (outside the project), with
-torchvision from ``--torchvision_path`` (unpacked wheel; see NOTES.md). ``--search`` adds one epoch of ``python -m nas.search``
+torchvision from ``--torchvision_path`` (its python files; the compiled-op registrations are
+skipped), ``--reference_workers`` DataLoader workers and ``OMP_WAIT_POLICY`` from
+``--reference_omp_wait_policy`` (default ``PASSIVE``: see NOTES.md, "Epoch throughput"). ``--search`` adds one epoch of ``python -m nas.search``
 (``configs/nas/synthetic_quick.flags``). ``--steps_per_epoch N`` caps both loops at N steps
 (the reference through ``REF_STEPS``). Prints one JSON line per run and a summary table.
 """
