@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import parse_flags
+from helpers import run_solution
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS = "num_train_identities=6,num_test_identities=5,images_per_identity=5"
@@ -38,26 +38,21 @@ def _usage_error(result, starts):
 
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
-    """A run folder of a randomly initialised MSINet (64x32): its run_settings.json and
-    inference_model.h5, as solution.py writes them."""
+    """The run folder of an MSINet (64x32) trained for two steps by solution.py's job: its
+    run_settings.json and inference_model.h5."""
     base = tmp_path_factory.mktemp("retrieve")
     cache = str(base / "cache")
-    values = parse_flags("--dataset_name=Synthetic", "--backbone_model_name=msinet",
-                         "--image_height=64", "--image_width=32", "--identity_num_per_batch=4",
-                         "--image_num_per_identity=2", "--workers=2")
-    from reid_tf.cli import settings as cli_settings
-    from reid_tf.models.factory import build_models
-    from reid_tf.retrieval.run_settings import RunSettings, save_run_settings
-    model_settings = cli_settings.model_settings(values)
-    models, _, _ = build_models(model_settings, 6)
-    folder = base / "run"
-    folder.mkdir()
-    models.inference_model.save_weights(str(folder / "inference_model.h5"))
-    save_run_settings(str(folder), RunSettings(
-        model=model_settings, evaluation=cli_settings.evaluation_settings(values),
-        num_classes=6, dataset_name="Synthetic"))
     dataset = [f"--dataset_options=cache_folder_path={cache},{OPTIONS}",
                "--dataset_name=Synthetic", f"--root_folder_path={cache}"]
+    run_solution(*dataset, f"--output_folder_path={base / 'train'}",
+                 "--backbone_model_name=msinet", "--image_height=64", "--image_width=32",
+                 "--identity_num_per_batch=3", "--image_num_per_identity=2",
+                 "--freeze_backbone_for_N_epochs=0", "--optimizer_name=adam",
+                 "--learning_rate_mode=constant", "--learning_rate_start=1e-3",
+                 "--learning_rate_end=1e-3", "--steps_per_epoch=2", "--epoch_num=1",
+                 "--testing_size=0", "--workers=2")
+    folder = base / "train" / "Synthetic_msinet"
+    assert (folder / "inference_model.h5").is_file() and (folder / "run_settings.json").is_file()
     return {"folder": str(folder), "base": base, "dataset": dataset}
 
 
@@ -76,7 +71,7 @@ def test_extract_index_retrieve_chain(run_folder, tmp_path, capsys, monkeypatch)
     from reid_tf.cli import extract, index, retrieve
     from reid_tf.retrieval.features_folder import FeaturesFolder
     from reid_tf.retrieval.index import faiss_available
-    monkeypatch.chdir(ROOT)  # (the run's genotype path is relative to the repository)
+    monkeypatch.chdir(tmp_path)  # a run folder works from any directory (absolute paths)
     gallery = tmp_path / "gallery_features"
     code, out, err = _cli(extract.run_main, capsys, f"--run_folder={run_folder['folder']}",
                           *run_folder["dataset"], "--dataset_split=gallery",
