@@ -28,7 +28,6 @@ Usage: ``python benchmarks/profile_latency.py [--model msinet|resnet50] [--repea
 """
 import argparse
 import collections
-import os
 import shutil
 import tempfile
 import time
@@ -180,7 +179,7 @@ def main():
                    "top_op_types_ms": [[name, round(1000 * seconds, 2)]
                                        for name, seconds in by_type.most_common(10)]}
     graph = _graph_ops(concrete)
-    print(f"\n| path | median ms | p95 ms | first call s | max abs diff |\n|---|---|---|---|---|")
+    print("\n| path | median ms | p95 ms | first call s | max abs diff |\n|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['path']} | {row['median_ms']} | {row['p95_ms']} | {row['first_call_s']} "
               f"| {row['max_abs_difference']} |")
@@ -195,30 +194,9 @@ def main():
 
 def _kernel_launches(logdir, calls):
     """Kernel events per call in the trace (the TF op events ``read_trace`` counts)."""
-    import glob
+    from profile_msinet import kernel_events
 
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    from profile_msinet import _NOT_KERNELS
-
-    count = 0
-    for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
-        space = xplane_pb2.XSpace()
-        with open(path, "rb") as handle:
-            space.ParseFromString(handle.read())
-        for plane in space.planes:
-            metadata = plane.event_metadata
-            for line in plane.lines:
-                for event in line.events:
-                    name = metadata[event.metadata_id].name
-                    if ":" not in name or name.startswith(_NOT_KERNELS) or name.startswith("$"):
-                        continue
-                    op_type = name.rsplit(":", 1)[1]
-                    if op_type.startswith("__inference") or op_type in ("Run", "Process") \
-                            or " " in op_type:
-                        continue
-                    count += 1
-    return round(count / calls)
+    return round(sum(1 for _ in kernel_events(logdir)) / calls)
 
 
 if __name__ == "__main__":

@@ -27,14 +27,14 @@ from common import add_common_arguments, configure, emit, load_average, machine
 _NOT_KERNELS = ("ExecutorState::Process", "KernelAndDeviceFunc::Run")
 
 
-def read_trace(logdir, steps):
-    """``(by_type, by_layer)`` Counters of kernel seconds per step from the xplane file(s)."""
+def kernel_events(logdir):
+    """``(op_name, op_type, duration_ps)`` of every TF kernel event in the xplane file(s)
+    under ``logdir`` (executor events and function calls left out)."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     files = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
     if not files:
         raise RuntimeError(f"No *.xplane.pb trace was written under {logdir}.")
-    by_type, by_layer = collections.Counter(), collections.Counter()
     for path in files:
         space = xplane_pb2.XSpace()
         with open(path, "rb") as handle:
@@ -50,9 +50,16 @@ def read_trace(logdir, steps):
                     if op_type.startswith("__inference") or op_type in ("Run", "Process") \
                             or " " in op_type:
                         continue
-                    seconds = event.duration_ps / 1e12 / steps
-                    by_type[op_type] += seconds
-                    by_layer[_layer_of(op_name)] += seconds
+                    yield op_name, op_type, event.duration_ps
+
+
+def read_trace(logdir, steps):
+    """``(by_type, by_layer)`` Counters of kernel seconds per step from the xplane file(s)."""
+    by_type, by_layer = collections.Counter(), collections.Counter()
+    for op_name, op_type, duration_ps in kernel_events(logdir):
+        seconds = duration_ps / 1e12 / steps
+        by_type[op_type] += seconds
+        by_layer[_layer_of(op_name)] += seconds
     return by_type, by_layer
 
 

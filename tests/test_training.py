@@ -1,6 +1,5 @@
 """End-to-end training through solution.py's job, evaluation-only reproduction, resume, NaN stop."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -38,6 +37,26 @@ def _history_rows(run_folder):
         return list(csv.DictReader(handle))
 
 
+def _interrupt_at_step(monkeypatch, number):
+    """Make the ``number``-th training step (counted from 1 over the run) raise
+    KeyboardInterrupt, as a kill would stop the run there; ``monkeypatch.undo()`` ends it."""
+    from reid_tf.training import trainer as trainer_module
+    original = trainer_module.Trainer._make_train_step
+    calls = {"count": 0}
+
+    def make_interruptible_step(self):
+        step = original(self)
+
+        def interruptible(images, labels):
+            calls["count"] += 1
+            if calls["count"] == number:
+                raise KeyboardInterrupt("simulated kill")
+            return step(images, labels)
+        return interruptible
+
+    monkeypatch.setattr(trainer_module.Trainer, "_make_train_step", make_interruptible_step)
+
+
 def test_training_raises_map_and_the_best_checkpoint_reproduces_it(tmp_path, synthetic_cache,
                                                                    monkeypatch):
     # About 90 s of the quick-start recipe (FlipReID structure around MSINet) on a small
@@ -48,7 +67,6 @@ def test_training_raises_map_and_the_best_checkpoint_reproduces_it(tmp_path, syn
     # 50 times larger learning rate (Adam at 0.1 spoils the trained weights), so its evaluation
     # is worse than the best. The run is interrupted in the fifth epoch and resumed: the best so
     # far comes back from the run folder and the worse last epoch does not replace it.
-    from reid_tf.training import trainer as trainer_module
     from reid_tf.training.selection import STATE_FILE
     flags = common_flags(tmp_path / "train", synthetic_cache, "--steps_per_epoch=30",
                          "--epoch_num=5", "--use_horizontal_flipping_inside_model",
@@ -57,20 +75,7 @@ def test_training_raises_map_and_the_best_checkpoint_reproduces_it(tmp_path, syn
                          "--learning_rate_warmup_epochs=0", "--learning_rate_milestones=4",
                          "--learning_rate_gamma=50", "--checkpoint_selection=best",
                          options=TINY_SYNTHETIC)
-    original = trainer_module.Trainer._make_train_step
-    calls = {"count": 0}
-
-    def make_interruptible_step(self):
-        step = original(self)
-
-        def interruptible(images, labels):
-            calls["count"] += 1
-            if calls["count"] == 4 * 30 + 3:  # the third step of the fifth epoch
-                raise KeyboardInterrupt("simulated kill")
-            return step(images, labels)
-        return interruptible
-
-    monkeypatch.setattr(trainer_module.Trainer, "_make_train_step", make_interruptible_step)
+    _interrupt_at_step(monkeypatch, 4 * 30 + 3)  # the third step of the fifth epoch
     with pytest.raises(KeyboardInterrupt):
         run_solution(*flags)
     monkeypatch.undo()
@@ -146,25 +151,11 @@ TINY_RUN = ["--steps_per_epoch=2", "--epoch_num=3", "--identity_num_per_batch=4"
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, synthetic_cache, monkeypatch):
-    from reid_tf.training import trainer as trainer_module
     flags = lambda folder: common_flags(tmp_path / folder, synthetic_cache, *TINY_RUN,  # noqa
                                         "--use_horizontal_flipping_inside_model")
     run_solution(*flags("straight"))
 
-    original = trainer_module.Trainer._make_train_step
-    calls = {"count": 0}
-
-    def make_interruptible_step(self):
-        step = original(self)
-
-        def interruptible(images, labels):
-            calls["count"] += 1
-            if calls["count"] == 4:  # the second step of the second epoch
-                raise KeyboardInterrupt("simulated kill")
-            return step(images, labels)
-        return interruptible
-
-    monkeypatch.setattr(trainer_module.Trainer, "_make_train_step", make_interruptible_step)
+    _interrupt_at_step(monkeypatch, 4)  # the second step of the second epoch
     with pytest.raises(KeyboardInterrupt):
         run_solution(*flags("resumed"))
     monkeypatch.undo()
