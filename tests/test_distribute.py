@@ -179,6 +179,7 @@ def _bn_checks(strategy):
     import tensorflow as tf
     import tf_keras as keras
 
+    from reid_tf.models.msinet_ops import BN_MOMENTUM, default_batch_norm
     from reid_tf.models.switchable_bn import TorchBatchNormalization
     from reid_tf.models.sync_bn import synchronize_batch_normalization
     from reid_tf.runtime import distribute
@@ -190,6 +191,10 @@ def _bn_checks(strategy):
         "keras_2d": (lambda: keras.layers.BatchNormalization(momentum=0.99, epsilon=2e-5),
                      (8, 6)),
         "torch_4d": (lambda: TorchBatchNormalization(), (8, 5, 3, 4)),
+        # MSINet's BNs (PyTorch's unbiased moving-variance update on every code path): the
+        # fused 4-D cells and the 2-D BNNeck heads with a frozen beta.
+        "msinet_4d": (lambda: default_batch_norm("cell_bn"), (8, 5, 3, 4)),
+        "msinet_2d": (lambda: default_batch_norm("head_bn", frozen_beta=True), (8, 6)),
     }
     results = {}
     for name, (make, shape) in cases.items():
@@ -227,6 +232,13 @@ def _bn_checks(strategy):
                 for copy in layer.moving_variance.values),
             "variance_moved": float(np.max(np.abs(single.moving_variance.numpy() - 1.0))),
         }
+        if name.startswith("msinet"):
+            # PyTorch: running_var = (1 - 0.1) * 1 + 0.1 * unbiased variance of the batch.
+            unbiased = x.reshape(-1, shape[-1]).astype(np.float64).var(axis=0, ddof=1)
+            expected = BN_MOMENTUM + (1.0 - BN_MOMENTUM) * unbiased
+            results[name]["moving_variance_numpy"] = max(
+                _max_difference([copy.numpy()], [expected])
+                for copy in layer.moving_variance.values)
     return results
 
 
@@ -450,8 +462,9 @@ def test_mirrored_batch_norm_statistics_are_global(mirrored):
     for name, result in mirrored["bn"].items():
         assert result["variance_moved"] > 0.01, name  # the statistics were updated
         for key in ("outputs", "input_gradients", "gamma_gradients", "moving_mean",
-                    "moving_variance"):
-            assert result[key] < 1e-5, (name, key, result[key])
+                    "moving_variance", "moving_variance_numpy"):
+            assert result.get(key, 0.0) < 1e-5, (name, key, result[key])
+    assert {"msinet_4d", "msinet_2d"} <= set(mirrored["bn"])
 
 
 def test_mirrored_batches_hold_whole_identities(mirrored):
