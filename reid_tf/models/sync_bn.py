@@ -8,7 +8,8 @@ for a cross-replica subclass of its own class (same variables, names and weights
 statistics come from :func:`reid_tf.runtime.distribute.cross_replica_moments`: one all-reduce
 of the sums, squared sums and counts per layer and pass. The moving statistics are then
 identical on every replica and equal the one-device ones (Keras BNs that used the fused kernel
-keep its unbiased moving variance), and reads outside a replica take the first copy instead of
+and MSINet's :class:`~reid_tf.models.msinet_ops.TorchStatisticsBatchNormalization` keep their
+unbiased moving variance, with the global count), and reads outside a replica take the first copy instead of
 averaging the copies.
 """
 import tensorflow as tf
