@@ -179,6 +179,7 @@ def _bn_checks(strategy):
     import tensorflow as tf
     import tf_keras as keras
 
+    from reid_tf.models.msinet_ops import BN_MOMENTUM, default_batch_norm
     from reid_tf.models.switchable_bn import TorchBatchNormalization
     from reid_tf.models.sync_bn import synchronize_batch_normalization
     from reid_tf.runtime import distribute
@@ -190,6 +191,10 @@ def _bn_checks(strategy):
         "keras_2d": (lambda: keras.layers.BatchNormalization(momentum=0.99, epsilon=2e-5),
                      (8, 6)),
         "torch_4d": (lambda: TorchBatchNormalization(), (8, 5, 3, 4)),
+        # MSINet's BNs (PyTorch's unbiased moving-variance update on every code path): the
+        # fused 4-D cells and the 2-D BNNeck heads with a frozen beta.
+        "msinet_4d": (lambda: default_batch_norm("cell_bn"), (8, 5, 3, 4)),
+        "msinet_2d": (lambda: default_batch_norm("head_bn", frozen_beta=True), (8, 6)),
     }
     results = {}
     for name, (make, shape) in cases.items():
@@ -227,6 +232,13 @@ def _bn_checks(strategy):
                 for copy in layer.moving_variance.values),
             "variance_moved": float(np.max(np.abs(single.moving_variance.numpy() - 1.0))),
         }
+        if name.startswith("msinet"):
+            # PyTorch: running_var = (1 - 0.1) * 1 + 0.1 * unbiased variance of the batch.
+            unbiased = x.reshape(-1, shape[-1]).astype(np.float64).var(axis=0, ddof=1)
+            expected = BN_MOMENTUM + (1.0 - BN_MOMENTUM) * unbiased
+            results[name]["moving_variance_numpy"] = max(
+                _max_difference([copy.numpy()], [expected])
+                for copy in layer.moving_variance.values)
     return results
 
 
@@ -421,6 +433,80 @@ def _trainer_checks(strategy, folder):
     return results
 
 
+def _msinet_float64_step(strategy, settings, train, label_map, folder, initial=None):
+    """One training step of MSINet (built by the factory, the objective of solution.py's
+    defaults) in float64 on 64x32 images: the weights before and after (BN moving statistics
+    included) and the logged losses."""
+    import tf_keras as keras
+
+    from reid_tf.losses.objective import Objective, ObjectiveConfig
+    from reid_tf.models.factory import build_models
+    from reid_tf.training.data import TrainingInput
+    from reid_tf.training.optimizers import build_optimizer
+    from reid_tf.training.trainer import Trainer
+
+    keras.utils.set_random_seed(0)
+    models, _, _ = build_models(settings, len(label_map), strategy=strategy)
+    model = models.training_model
+    if initial is not None:
+        model.set_weights(initial)
+    before = model.get_weights()
+    data = TrainingInput(train, 4, 2, 1, 64, 32, None, seed=0, policy="msinet",
+                         label_map=label_map, workers=1)
+    objective = Objective(ObjectiveConfig(triplet_margin=None, triplet_exclude_self=True,
+                                          triplet_clamp=False))
+    trainer = Trainer(
+        models=models, objective=objective, data=data, schedule=lambda epoch: 1e-3,
+        output_folder=folder, epoch_num=1,
+        optimizer_factory=lambda name: build_optimizer("sgd", 1e-3, momentum=0.9,
+                                                       weight_decay=5e-4),
+        evaluate_every_N_epochs=0, verbose=0, strategy=strategy)
+    row = trainer.fit()[0]
+    return {"before": before, "after": model.get_weights(),
+            "names": [variable.name for variable in model.weights],
+            "losses": {key: value for key, value in row.items() if key.startswith("loss")}}
+
+
+def _msinet_checks(strategy, folder):
+    """MSINet's first step on two replicas and on one device, in float64: in float32 this
+    step cannot be compared (a 1e-6 change of the input images alone moves the one-device
+    gradients by up to 40%, so any change of the summation order does too); in float64 the
+    distributed step must be the one-device step to rounding. Returns the largest difference
+    of any weight relative to that weight's own update, and of the BN moving statistics."""
+    import tf_keras as keras
+
+    from reid_tf.cli.settings import model_settings
+    from reid_tf.data import load_dataset
+    from reid_tf.data.pipeline import make_label_map
+    from reid_tf.flags import FLAGS, parse_dataset_options
+
+    frame = load_dataset("Synthetic", "", **parse_dataset_options(FLAGS.dataset_options))
+    train = frame[frame["split"] == "train"].reset_index(drop=True)
+    label_map = make_label_map(train)
+    settings = model_settings(FLAGS)  # 64x32 images
+    saved = keras.backend.floatx()
+    keras.backend.set_floatx("float64")
+    try:
+        single = _msinet_float64_step(None, settings, train, label_map, f"{folder}/msinet_1")
+        mirrored = _msinet_float64_step(strategy, settings, train, label_map,
+                                        f"{folder}/msinet_2", initial=single["before"])
+    finally:
+        keras.backend.set_floatx(saved)
+    relative, statistics = 0.0, 0.0
+    for name, before, one, two in zip(single["names"], single["before"], single["after"],
+                                      mirrored["after"]):
+        difference = float(np.max(np.abs(one - two))) if np.size(one) else 0.0
+        if "moving_" in name:
+            statistics = max(statistics, difference / float(np.max(np.abs(one))))
+        else:
+            moved = float(np.max(np.abs(one - before))) if np.size(one) else 0.0
+            if moved > 1e-12:
+                relative = max(relative, difference / moved)
+    return {"weights_relative": relative, "statistics_relative": statistics,
+            "dtype": str(single["after"][0].dtype), "losses_single": single["losses"],
+            "losses_mirrored": mirrored["losses"]}
+
+
 def _run_mirrored_checks(folder):
     from reid_tf.runtime import distribute
     distribute.configure_logical_cpus(2)
@@ -429,7 +515,8 @@ def _run_mirrored_checks(folder):
     strategy = distribute.create_strategy("mirrored")
     results = {"replicas": strategy.num_replicas_in_sync, "bn": _bn_checks(strategy),
                "batches": _batch_checks(strategy),
-               "trainer": _trainer_checks(strategy, folder)}
+               "trainer": _trainer_checks(strategy, folder),
+               "msinet": _msinet_checks(strategy, folder)}
     with open(os.path.join(folder, "results.json"), "w") as handle:
         json.dump(results, handle, indent=1)
 
@@ -450,8 +537,9 @@ def test_mirrored_batch_norm_statistics_are_global(mirrored):
     for name, result in mirrored["bn"].items():
         assert result["variance_moved"] > 0.01, name  # the statistics were updated
         for key in ("outputs", "input_gradients", "gamma_gradients", "moving_mean",
-                    "moving_variance"):
-            assert result[key] < 1e-5, (name, key, result[key])
+                    "moving_variance", "moving_variance_numpy"):
+            assert result.get(key, 0.0) < 1e-5, (name, key, result[key])
+    assert {"msinet_4d", "msinet_2d"} <= set(mirrored["bn"])
 
 
 def test_mirrored_batches_hold_whole_identities(mirrored):
@@ -477,6 +565,21 @@ def test_mirrored_first_step_equals_one_device_step(mirrored, name, terms):
     assert set(single) == set(distributed) == terms | {"loss"}
     for key, value in single.items():
         assert distributed[key] == pytest.approx(value, rel=1e-5), key
+
+
+def test_mirrored_msinet_step_equals_one_device_step_in_float64(mirrored):
+    """MSINet's distributed first step (synchronised BN over 80 layers, gathered batch-hard
+    triplet, cross-entropy) is the one-device step: in float64, every weight to 1e-8 of its
+    own update and the BN moving statistics to rounding (these were off by about 1e-2 while
+    MSINet's BNs applied the unbiased factor with the replica's own count)."""
+    result = mirrored["msinet"]
+    assert result["dtype"] == "float64"
+    assert result["weights_relative"] < 1e-8
+    assert result["statistics_relative"] < 1e-10
+    single, distributed = result["losses_single"], result["losses_mirrored"]
+    assert set(single) == set(distributed) == {"loss", "loss_triplet", "loss_classification"}
+    for key, value in single.items():
+        assert distributed[key] == pytest.approx(value, rel=1e-10), key
 
 
 def test_factory_synchronises_every_msinet_batch_norm(mirrored):
@@ -565,9 +668,10 @@ def test_two_workers_train_and_search(tmp_path):
     steps with python -m nas.search; only the chief (worker 0) writes the run folders. Both
     workers end the training (two steps, history.csv) with the same weights, exactly.
 
-    (A one-device run of the same global batch from the same initial weights was compared
-    too on 2026-12-04 and differed far beyond float32 rounding: an open finding, reported in
-    the stop's note, not asserted here.)"""
+    A one-device run of the same global batch is not compared here: in float32 this MSINet
+    step is too ill-conditioned for it (a 1e-6 change of the input images alone moves the
+    one-device gradients by up to 40%), and the float64 comparison is
+    :func:`test_mirrored_msinet_step_equals_one_device_step_in_float64`."""
     cache = tmp_path / "cache"
     data = [f"--dataset_options=cache_folder_path={cache},{TINY_SYNTHETIC}",
             "--image_height=64", "--image_width=32", "--image_num_per_identity=2",

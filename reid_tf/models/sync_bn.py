@@ -8,13 +8,15 @@ for a cross-replica subclass of its own class (same variables, names and weights
 statistics come from :func:`reid_tf.runtime.distribute.cross_replica_moments`: one all-reduce
 of the sums, squared sums and counts per layer and pass. The moving statistics are then
 identical on every replica and equal the one-device ones (Keras BNs that used the fused kernel
-keep its unbiased moving variance), and reads outside a replica take the first copy instead of
+and MSINet's :class:`~reid_tf.models.msinet_ops.TorchStatisticsBatchNormalization` keep their
+unbiased moving variance, with the global count), and reads outside a replica take the first copy instead of
 averaging the copies.
 """
 import tensorflow as tf
 import tf_keras as keras
 
 from reid_tf.models.base import iter_layers
+from reid_tf.models.msinet_ops import TorchStatisticsBatchNormalization
 from reid_tf.models.switchable_bn import TorchBatchNormalization, resolve_training
 from reid_tf.runtime.distribute import DistributionError, cross_replica_moments
 
@@ -23,8 +25,10 @@ class _CrossReplicaKerasBatchNormalization:
     """Mixin for ``keras.layers.BatchNormalization`` subclasses: global-batch statistics.
 
     Replaces the statistics of the (non-fused) training path by :func:`cross_replica_moments`;
-    a layer that used the fused kernel keeps its unbiased moving-variance update (factor
-    ``n / (n - 1)`` with ``n`` the global number of values per channel).
+    a layer that used the fused kernel, and every
+    :class:`~reid_tf.models.msinet_ops.TorchStatisticsBatchNormalization` (MSINet: PyTorch's
+    update on every path), keeps its unbiased moving-variance update (factor ``n / (n - 1)``
+    with ``n`` the global number of values per channel), applied here once.
     """
 
     _reid_unbiased_moving_variance = False
@@ -36,6 +40,10 @@ class _CrossReplicaKerasBatchNormalization:
         mean, variance, count = cross_replica_moments(inputs, reduction_axes, keep_dims,
                                                       shift=self.moving_mean)
         self._reid_sample_count = count
+        if isinstance(self, TorchStatisticsBatchNormalization):
+            # Its own correction would use this replica's count (and, for a formerly fused
+            # layer, come on top of the one in _assign_moving_average): turned off here.
+            self._values_per_channel = None
         return mean, variance
 
     def _assign_moving_average(self, variable, value, momentum, inputs_size):
@@ -110,7 +118,8 @@ def synchronize_batch_normalization(model):
             if layer.virtual_batch_size is not None or layer.renorm:
                 raise DistributionError(f"{layer.name}: BatchNormalization with virtual batches "
                                         "or renorm cannot be synchronised across replicas.")
-            unbiased = bool(layer.fused)
+            # PyTorch-statistics layers (MSINet) want the unbiased update on every path.
+            unbiased = bool(layer.fused) or isinstance(layer, TorchStatisticsBatchNormalization)
             layer.__class__ = _synchronized_class(type(layer),
                                                   _CrossReplicaKerasBatchNormalization)
             layer.fused = False
