@@ -130,19 +130,23 @@ def test_interrupted_first_save_is_no_checkpoint(tmp_path):
     assert store.restore() is None and store.lines == []
 
 
+@pytest.mark.parametrize("error", ["ENOSPC", "EACCES", "EROFS"])
 def test_full_disk_during_a_checkpoint_is_an_error_and_keeps_the_previous(tmp_path,
-                                                                         monkeypatch):
+                                                                         monkeypatch, error):
+    """A full disk, and (as root, where chmod cannot make a folder unwritable) the errors of an
+    unwritable or read-only folder, raised inside the checkpoint write."""
     store = Store(str(tmp_path))
     store.save(1)
     before = sorted(os.listdir(store.directory))
-    monkeypatch.setenv(faults.ENVIRONMENT_VARIABLE, "checkpoint_write:ENOSPC@2")
+    monkeypatch.setenv(faults.ENVIRONMENT_VARIABLE, f"checkpoint_write:{error}@2")
+    code = getattr(errno, error)
     with pytest.raises(CheckpointWriteError) as caught:
         store.save(2)
     message = str(caught.value)
-    assert store.directory in message and os.strerror(errno.ENOSPC) in message
+    assert store.directory in message and os.strerror(code) in message
     assert "ckpt-1 is intact" in message
     assert isinstance(caught.value.__cause__, OSError)
-    assert caught.value.__cause__.errno == errno.ENOSPC
+    assert caught.value.__cause__.errno == code
     assert sorted(os.listdir(store.directory)) == before  # the partial ckpt-2 was removed
     monkeypatch.delenv(faults.ENVIRONMENT_VARIABLE)
     assert store.restore().endswith("ckpt-1") and store.lines == []
