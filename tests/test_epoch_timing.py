@@ -33,14 +33,24 @@ class _SleepyEngine(Engine):
         time.sleep(OTHER_WAIT)
 
 
-def test_epoch_split_is_written_per_epoch_and_adds_up(tmp_path, monkeypatch):
-    record_path = tmp_path / "timing.jsonl"
-    monkeypatch.setenv(ENVIRONMENT_VARIABLE, str(record_path))
-    engine = _SleepyEngine(str(tmp_path / "run"), [Phase("main", 2)], verbose=0)
+def _fit(engine_class, tmp_path, epochs):
+    """Fit a fresh ``engine_class`` for ``epochs`` epochs in ``tmp_path/run``; the engine."""
+    engine = engine_class(str(tmp_path / "run"), [Phase("main", epochs)], verbose=0)
     engine.track({}, {})
     engine.fit()
     engine.close()
-    records = [json.loads(line) for line in record_path.read_text().splitlines()]
+    return engine
+
+
+def _records(record_path):
+    return [json.loads(line) for line in record_path.read_text().splitlines()]
+
+
+def test_epoch_split_is_written_per_epoch_and_adds_up(tmp_path, monkeypatch):
+    record_path = tmp_path / "timing.jsonl"
+    monkeypatch.setenv(ENVIRONMENT_VARIABLE, str(record_path))
+    engine = _fit(_SleepyEngine, tmp_path, 2)
+    records = _records(record_path)
     assert [record["global_epoch"] for record in records] == [1, 2]
     for record in records:
         assert record["steps"] == STEPS and record["images"] == 5 * STEPS
@@ -56,10 +66,7 @@ def test_epoch_split_is_written_per_epoch_and_adds_up(tmp_path, monkeypatch):
 def test_no_file_without_the_environment_variable(tmp_path, monkeypatch):
     monkeypatch.delenv(ENVIRONMENT_VARIABLE, raising=False)
     monkeypatch.chdir(tmp_path)
-    engine = _SleepyEngine(str(tmp_path / "run"), [Phase("main", 1)], verbose=0)
-    engine.track({}, {})
-    engine.fit()
-    engine.close()
+    engine = _fit(_SleepyEngine, tmp_path, 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert engine.last_epoch_timing["images"] == 5 * STEPS
 
@@ -77,11 +84,8 @@ def test_timed_batches_counts_the_wait_for_the_end():
 def test_other_is_split_into_named_parts(tmp_path, monkeypatch):
     record_path = tmp_path / "timing.jsonl"
     monkeypatch.setenv(ENVIRONMENT_VARIABLE, str(record_path))
-    engine = _SleepyEngine(str(tmp_path / "run"), [Phase("main", 1)], verbose=0)
-    engine.track({}, {})
-    engine.fit()
-    engine.close()
-    (record,) = [json.loads(line) for line in record_path.read_text().splitlines()]
+    _fit(_SleepyEngine, tmp_path, 1)
+    (record,) = _records(record_path)
     parts = record["parts"]
     assert set(parts) == {"begin_epoch", "end_epoch", "checkpoint", "history", "tensorboard",
                           "after_checkpoint"}
@@ -115,11 +119,8 @@ class _TracedEngine(_SleepyEngine):
 def test_the_records_count_the_traces_of_the_step(tmp_path, monkeypatch):
     record_path = tmp_path / "timing.jsonl"
     monkeypatch.setenv(ENVIRONMENT_VARIABLE, str(record_path))
-    engine = _TracedEngine(str(tmp_path / "run"), [Phase("main", 3)], verbose=0)
-    engine.track({}, {})
-    engine.fit()
-    engine.close()
-    records = [json.loads(line) for line in record_path.read_text().splitlines()]
+    _fit(_TracedEngine, tmp_path, 3)
+    records = _records(record_path)
     assert [record["step_traces"] for record in records] == [1, 1, 2]
 
 

@@ -13,6 +13,7 @@ import tf_keras as keras
 from reid_tf.data.images import ImageReadError, read_image
 from reid_tf.retrieval.features_folder import FeaturesFolder, FeaturesWriter, worker_share
 from reid_tf.runtime import distribute
+from reid_tf.runtime.files import atomic_path
 
 UNREADABLE_FILE = "unreadable_{worker:03d}.csv"
 # Table columns kept beside the features (renamed as the gallery index names them).
@@ -72,9 +73,8 @@ def _committed_rows(writer):
 
 def _save_unreadable(folder, worker, unreadable):
     path = os.path.join(folder, UNREADABLE_FILE.format(worker=worker))
-    temporary = path + ".tmp"
-    pd.DataFrame(unreadable, columns=["path", "reason"]).to_csv(temporary, index=False)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        pd.DataFrame(unreadable, columns=["path", "reason"]).to_csv(temporary, index=False)
 
 
 def _resume(writer, share, start, settings):

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from reid_tf.runtime.errors import UsageError
+from reid_tf.runtime.files import atomic_open, atomic_path, write_json
 
 MANIFEST_FILE = "manifest.json"
 WORKER_FILE = "worker_{worker:03d}.json"
@@ -44,12 +45,7 @@ def worker_share(num_rows, worker, num_workers):
 
 
 def _write_json(path, content):
-    temporary = path + ".tmp"
-    with open(temporary, "w") as stream:
-        json.dump(content, stream, indent=2, sort_keys=True)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
+    write_json(path, content, indent=2, sort_keys=True)
 
 
 def _read_json(path, what):
@@ -102,13 +98,10 @@ class FeaturesWriter:
         number = len(self.chunks)
         names = {"features": FEATURES_FILE.format(worker=self.worker, chunk=number),
                  "metadata": METADATA_FILE.format(worker=self.worker, chunk=number)}
-        features_path = os.path.join(self.folder, names["features"])
-        with open(features_path + ".tmp", "wb") as stream:
+        with atomic_open(os.path.join(self.folder, names["features"]), "wb") as stream:
             np.save(stream, features)
-        metadata_path = os.path.join(self.folder, names["metadata"])
-        pd.DataFrame(metadata).to_csv(metadata_path + ".tmp", index=False)
-        os.replace(features_path + ".tmp", features_path)
-        os.replace(metadata_path + ".tmp", metadata_path)
+        with atomic_path(os.path.join(self.folder, names["metadata"])) as temporary:
+            pd.DataFrame(metadata).to_csv(temporary, index=False)
         self.chunks = self.chunks + [dict(names, rows=int(len(features)))]
         self._save(finished=False)
 

@@ -49,6 +49,7 @@ import pandas as pd
 from reid_tf.evaluation.distance import METRICS, l2_normalize
 from reid_tf.evaluation.neighbors import DEFAULT_MEMORY_BUDGET, nearest_neighbors
 from reid_tf.runtime.errors import UsageError
+from reid_tf.runtime.files import atomic_open, atomic_path, write_json
 
 __all__ = ["GalleryIndex", "BACKENDS", "FAISS_BACKENDS", "faiss_available"]
 
@@ -399,22 +400,19 @@ class GalleryIndex:
         description = self.description()
         vectors_path = os.path.join(folder, description["files"]["vectors"])
         if self.backend == "builtin":
-            with open(vectors_path + ".tmp", "wb") as stream:
+            with atomic_open(vectors_path, "wb") as stream:
                 np.save(stream, self._vectors, allow_pickle=False)
         else:
             faiss = _import_faiss()
             index = faiss.index_gpu_to_cpu(self._faiss) if self.use_gpu else self._faiss
-            faiss.write_index(index, vectors_path + ".tmp")
-        os.replace(vectors_path + ".tmp", vectors_path)
+            with atomic_path(vectors_path) as temporary:
+                faiss.write_index(index, temporary)
         metadata_path = os.path.join(folder, METADATA_FILE)
         table = self._metadata.copy()
         table.insert(0, ROW_COLUMN, np.arange(len(table)))
-        table.to_csv(metadata_path + ".tmp", index=False)
-        os.replace(metadata_path + ".tmp", metadata_path)
-        index_path = os.path.join(folder, INDEX_FILE)
-        with open(index_path + ".tmp", "w") as stream:
-            json.dump(description, stream, indent=2, sort_keys=True)
-        os.replace(index_path + ".tmp", index_path)
+        with atomic_path(metadata_path) as temporary:
+            table.to_csv(temporary, index=False)
+        write_json(os.path.join(folder, INDEX_FILE), description, indent=2, sort_keys=True)
         return folder
 
     @classmethod

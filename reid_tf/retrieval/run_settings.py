@@ -14,6 +14,7 @@ import os
 from reid_tf.evaluation.settings import EvaluationSettings
 from reid_tf.models.settings import ModelSettings
 from reid_tf.runtime.errors import UsageError
+from reid_tf.runtime.files import write_json
 
 RUN_SETTINGS_FILE = "run_settings.json"
 FORMAT_VERSION = 1
@@ -50,10 +51,7 @@ def save_run_settings(folder, run_settings):
               "cross_modality": bool(run_settings.cross_modality),
               "dataset_name": run_settings.dataset_name}
     path = os.path.join(folder, RUN_SETTINGS_FILE)
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=2)
-    os.replace(temporary, path)
+    write_json(path, record, indent=2)
     return path
 
 
